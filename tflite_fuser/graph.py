@@ -1,0 +1,412 @@
+"""The mutable in-memory model that passes rewrite.
+
+Plain data classes mirror the TFLite schema, with one change that makes
+rewriting safe: references are Python objects, not indices. An operator holds
+its input ``Tensor`` objects, a tensor holds its ``Buffer``, a signature holds
+its ``Tensor`` objects. Passes can therefore add, replace and drop things
+freely, and the writer assigns indices (and so remaps signature defs) once,
+at the end.
+
+Nested tables that no pass interprets (quantization, sparsity, builtin options,
+variant sub-types) are kept as the schema's own object-API instances, which
+pack themselves back byte-for-byte equivalent. Every field of the schema's
+``Model``, ``SubGraph``, ``Tensor``, ``Operator`` and ``Buffer`` tables has a
+home here; ``tests/test_schema_coverage.py`` fails if the schema grows a field
+we do not carry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .schema import NUMPY_DTYPES, fb, op_name, type_name
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(eq=False)
+class Buffer:
+    """Raw bytes of a constant (or of a metadata entry).
+
+    ``data`` is a 1-D uint8 array that is usually a zero-copy view into the
+    input file (mmap) or a new array a pass made. ``None`` means empty.
+    ``external`` records that the source stored the bytes after the flatbuffer
+    (``Buffer.offset``/``size``, the >2 GB form); the writer keeps that form.
+    """
+
+    data: np.ndarray | None = None
+    external: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.data is None else int(self.data.nbytes)
+
+    @staticmethod
+    def from_array(array: np.ndarray) -> "Buffer":
+        """A new buffer holding ``array``'s bytes in little-endian C order."""
+        arr = np.ascontiguousarray(array)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        return Buffer(arr.reshape(-1).view(np.uint8))
+
+
+@dataclass(eq=False)
+class OpCode:
+    """An entry of the model's operator-code table, kept exactly as stored.
+
+    Codes above 127 live in ``builtin_code`` with ``deprecated_builtin_code``
+    pinned at 127 (PLACEHOLDER_FOR_GREATER_OP_CODES); older files only set the
+    deprecated field. ``code`` resolves both the way the TFLite runtime does.
+    """
+
+    builtin_code: int = 0
+    deprecated_builtin_code: int = 0
+    custom_code: str | None = None
+    version: int = 1
+
+    @property
+    def code(self) -> int:
+        return max(self.builtin_code, self.deprecated_builtin_code)
+
+    @property
+    def name(self) -> str:
+        if self.code == fb.BuiltinOperator.CUSTOM:
+            return f"CUSTOM({self.custom_code})"
+        return op_name(self.code)
+
+    @staticmethod
+    def builtin(code: int, version: int = 1) -> "OpCode":
+        return OpCode(
+            builtin_code=code,
+            deprecated_builtin_code=min(code, fb.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES),
+            version=version,
+        )
+
+
+@dataclass(eq=False)
+class Tensor:
+    name: str
+    shape: list[int]
+    dtype: int = fb.TensorType.FLOAT32
+    buffer: Buffer | None = None
+    quantization: Any = None  # fb.QuantizationParametersT
+    is_variable: bool = False
+    sparsity: Any = None  # fb.SparsityParametersT
+    shape_signature: list[int] | None = None
+    has_rank: bool = False
+    variant_tensors: list[Any] | None = None  # [fb.VariantSubTypeT]
+    external_buffer: int = 0
+    #: the tensor was referenced by nothing in the source file; such tensors are
+    #: preserved as they were, while tensors orphaned by a rewrite are dropped.
+    unreferenced_in_source: bool = False
+
+    @property
+    def is_constant(self) -> bool:
+        return self.buffer is not None and self.buffer.data is not None and self.buffer.nbytes > 0
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        try:
+            return NUMPY_DTYPES[self.dtype]
+        except KeyError:
+            raise TypeError(f"tensor {self.name!r} has type {type_name(self.dtype)} with no numpy view") from None
+
+    def value(self) -> np.ndarray | None:
+        """The constant value as a read-only numpy array, or None.
+
+        This is a zero-copy view of the buffer; it is ``None`` when the tensor
+        has no data or its byte count does not match its shape.
+        """
+        if not self.is_constant or self.dtype not in NUMPY_DTYPES:
+            return None
+        dt = NUMPY_DTYPES[self.dtype]
+        raw = self.buffer.data
+        if raw.nbytes != dt.itemsize * int(np.prod(self.shape, dtype=np.int64)):
+            return None
+        arr = np.frombuffer(raw, dtype=dt).reshape(self.shape)
+        arr.flags.writeable = False
+        return arr
+
+    def quant_params(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(scale, zero_point, quantized_dimension) or None when not quantized."""
+        q = self.quantization
+        if q is None or q.scale is None or len(q.scale) == 0:
+            return None
+        zp = q.zeroPoint if q.zeroPoint is not None else np.zeros(len(q.scale), np.int64)
+        return np.asarray(q.scale, np.float64), np.asarray(zp, np.int64), int(q.quantizedDimension)
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.quant_params() is not None
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.name!r}, {type_name(self.dtype)}{list(self.shape)})"
+
+
+@dataclass(eq=False)
+class Operator:
+    opcode: OpCode
+    inputs: list[Tensor | None]  # None is an omitted optional input (-1 in the file)
+    outputs: list[Tensor | None]
+    options: Any = None  # fb.*OptionsT instance for builtin_options
+    options_type: int = 0  # fb.BuiltinOptions enum
+    custom_options: np.ndarray | None = None
+    custom_options_format: int = 0
+    mutating_variable_inputs: list[bool] | None = None
+    intermediates: list[Tensor | None] | None = None
+    #: custom options stored after the flatbuffer (>2 GB models); bytes held here
+    large_custom_options: np.ndarray | None = None
+    options2: Any = None
+    options2_type: int = 0
+    debug_metadata_index: int = -1
+
+    @property
+    def code(self) -> int:
+        return self.opcode.code
+
+    @property
+    def type_name(self) -> str:
+        return self.opcode.name
+
+    def __repr__(self) -> str:
+        outs = ",".join(t.name if t is not None else "-" for t in self.outputs)
+        return f"Operator({self.type_name} -> {outs})"
+
+
+@dataclass(eq=False)
+class SignatureDef:
+    key: str
+    subgraph: "Subgraph"
+    inputs: list[tuple[str, Tensor]]
+    outputs: list[tuple[str, Tensor]]
+
+
+@dataclass(eq=False)
+class Subgraph:
+    tensors: list[Tensor] = field(default_factory=list)
+    inputs: list[Tensor] = field(default_factory=list)
+    outputs: list[Tensor] = field(default_factory=list)
+    operators: list[Operator] = field(default_factory=list)
+    name: str | None = None
+    debug_metadata_index: int = -1
+    _index: "_UseIndex | None" = field(default=None, repr=False)
+
+    # ---------------------------------------------------------------- queries
+
+    @property
+    def uses(self) -> "_UseIndex":
+        if self._index is None:
+            self._index = _UseIndex(self)
+        return self._index
+
+    def producer(self, tensor: Tensor) -> Operator | None:
+        return self.uses.producer.get(tensor)
+
+    def consumers(self, tensor: Tensor) -> list[Operator]:
+        return self.uses.consumers.get(tensor, [])
+
+    def live_operators(self) -> Iterator[Operator]:
+        """Operators in order, skipping slots a rewrite emptied but not yet compacted."""
+        return (op for op in self.operators if op is not None)
+
+    # -------------------------------------------------------------- mutations
+
+    def add_tensor(self, tensor: Tensor) -> Tensor:
+        self.tensors.append(tensor)
+        return tensor
+
+    def replace(self, old_ops: Iterable[Operator], new_ops: Operator | list[Operator]) -> None:
+        """Replace a connected set of operators by one or more new operators.
+
+        The new operators take the slot of the last old operator in list order
+        (in the given order). Every value a new operator reads comes from
+        outside the replaced set, so it is produced before the first old op,
+        and every value it writes was written by the replaced set and read only
+        after it: the operator list stays topologically sorted. Emptied slots
+        hold ``None`` until :meth:`compact`, so that a long pass does not pay
+        for list deletions.
+        """
+        old = list(dict.fromkeys(old_ops))
+        news = [new_ops] if isinstance(new_ops, Operator) else list(new_ops)
+        idx = self.uses
+        positions = sorted(idx.position[op] for op in old)
+        for op in old:
+            self.operators[idx.position[op]] = None  # type: ignore[call-overload]
+            idx.remove(op)
+        last = positions[-1]
+        if len(news) == 1:
+            self.operators[last] = news[0]
+            idx.add(news[0], last)
+        else:
+            # Rare path (a rewrite into several ops): insert, then reindex.
+            self.operators[last:last + 1] = news
+            self.compact()
+
+    def remove_operator(self, op: Operator) -> None:
+        idx = self.uses
+        self.operators[idx.position[op]] = None  # type: ignore[call-overload]
+        idx.remove(op)
+
+    def rewire(self, old: Tensor, new: Tensor) -> None:
+        """Make every reader of ``old`` (ops, graph outputs) read ``new``."""
+        for op in list(self.consumers(old)):
+            op.inputs = [new if t is old else t for t in op.inputs]
+            self.uses.consumers.setdefault(new, []).append(op)
+        self.uses.consumers.pop(old, None)
+        self.outputs = [new if t is old else t for t in self.outputs]
+
+    def compact(self) -> None:
+        """Drop emptied operator slots and renumber positions."""
+        self.operators = [op for op in self.operators if op is not None]
+        self._index = None
+
+    def referenced_tensors(self) -> set[Tensor]:
+        refs: set[Tensor] = set(self.inputs) | set(self.outputs)
+        for op in self.live_operators():
+            refs.update(t for t in op.inputs if t is not None)
+            refs.update(t for t in op.outputs if t is not None)
+            if op.intermediates:
+                refs.update(t for t in op.intermediates if t is not None)
+        return refs
+
+
+class _UseIndex:
+    """Producer, consumers and list position of every operator, kept current by
+    :meth:`Subgraph.replace` so that a pass with thousands of rewrites stays
+    linear instead of rescanning the graph after each one."""
+
+    def __init__(self, sg: Subgraph):
+        self.producer: dict[Tensor, Operator] = {}
+        self.consumers: dict[Tensor, list[Operator]] = {}
+        self.position: dict[Operator, int] = {}
+        for i, op in enumerate(sg.operators):
+            if op is not None:
+                self.add(op, i)
+
+    def add(self, op: Operator, position: int) -> None:
+        self.position[op] = position
+        for t in op.outputs:
+            if t is not None:
+                self.producer[t] = op
+        for t in dict.fromkeys(op.inputs):
+            if t is not None:
+                self.consumers.setdefault(t, []).append(op)
+
+    def remove(self, op: Operator) -> None:
+        del self.position[op]
+        for t in op.outputs:
+            if t is not None and self.producer.get(t) is op:
+                del self.producer[t]
+        for t in dict.fromkeys(op.inputs):
+            if t is not None:
+                users = self.consumers.get(t)
+                if users is not None:
+                    users[:] = [u for u in users if u is not op]
+
+
+@dataclass(eq=False)
+class Metadata:
+    name: str
+    buffer: Buffer
+
+
+@dataclass(eq=False)
+class Model:
+    version: int = 3
+    opcodes: list[OpCode] = field(default_factory=list)
+    subgraphs: list[Subgraph] = field(default_factory=list)
+    description: str | None = None
+    #: buffers[0] is the schema's mandatory empty sentinel buffer.
+    buffers: list[Buffer] = field(default_factory=lambda: [Buffer()])
+    metadata_buffer: list[Buffer] | None = None
+    metadata: list[Metadata] = field(default_factory=list)
+    signature_defs: list[SignatureDef] = field(default_factory=list)
+    external_buffer_groups: list[Any] | None = None
+    external_buffers: list[Any] | None = None
+    #: buffers present but referenced by nothing in the source file (kept as is)
+    unreferenced_buffers: set[Buffer] = field(default_factory=set, repr=False)
+
+    @property
+    def main(self) -> Subgraph:
+        return self.subgraphs[0]
+
+    def opcode(self, code: int, version: int = 1) -> OpCode:
+        """The model's entry for a builtin op, created (at ``version``) if absent.
+
+        An existing entry with a higher version is reused: the runtime picks a
+        kernel by (code, version), and a higher version of an op accepts what
+        a lower one does.
+        """
+        best = None
+        for oc in self.opcodes:
+            if oc.code == code and oc.custom_code is None and oc.version >= version:
+                if best is None or oc.version < best.version:
+                    best = oc
+        if best is None:
+            best = OpCode.builtin(code, version)
+            self.opcodes.append(best)
+        return best
+
+    def add_buffer(self, array: np.ndarray) -> Buffer:
+        buf = Buffer.from_array(array)
+        self.buffers.append(buf)
+        return buf
+
+    def new_constant(self, sg: Subgraph, name: str, array: np.ndarray, dtype: int,
+                     quantization: Any = None) -> Tensor:
+        """A new constant tensor with its own new buffer (never shared)."""
+        t = Tensor(name=name, shape=list(array.shape), dtype=dtype,
+                   buffer=self.add_buffer(array), quantization=quantization)
+        return sg.add_tensor(t)
+
+    def buffer_users(self) -> dict[Buffer, int]:
+        """How many tensors (in any subgraph) and metadata entries use each buffer."""
+        count: dict[Buffer, int] = {}
+        for sg in self.subgraphs:
+            for t in sg.tensors:
+                if t.buffer is not None:
+                    count[t.buffer] = count.get(t.buffer, 0) + 1
+        for m in self.metadata:
+            count[m.buffer] = count.get(m.buffer, 0) + 1
+        return count
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for sg in self.subgraphs:
+            for op in sg.live_operators():
+                counts[op.type_name] = counts.get(op.type_name, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def num_operators(self) -> int:
+        return sum(1 for sg in self.subgraphs for _ in sg.live_operators())
+
+    def num_tensors(self) -> int:
+        return sum(len(sg.tensors) for sg in self.subgraphs)
+
+    # ------------------------------------------------------------ clean up
+
+    def prune(self) -> None:
+        """Drop tensors and buffers that a rewrite left unreferenced.
+
+        Tensors and buffers that the *source* already left unreferenced are
+        kept: dropping them is not our call, and a no-op round trip must keep
+        the file as it was.
+        """
+        for sg in self.subgraphs:
+            sg.compact()
+            refs = sg.referenced_tensors()
+            for sd in self.signature_defs:
+                if sd.subgraph is sg:
+                    refs.update(t for _, t in sd.inputs)
+                    refs.update(t for _, t in sd.outputs)
+            sg.tensors = [t for t in sg.tensors if t in refs or t.unreferenced_in_source]
+        used = set(self.buffer_users())
+        if self.metadata_buffer:
+            used.update(self.metadata_buffer)
+        sentinel = self.buffers[0]
+        self.buffers = [b for b in self.buffers
+                        if b is sentinel or b in used or b in self.unreferenced_buffers]

@@ -1,0 +1,318 @@
+"""Write the mutable :mod:`graph` back to a TFLite flatbuffer.
+
+Indices are assigned here, once: tensors by their position in each subgraph's
+list, buffers by their position in the model's list (the sentinel first), so
+every reference a pass rewired - including signature defs - comes out
+remapped. Buffer bytes are copied exactly once, from their numpy view into the
+builder, 16-byte aligned as the TFLite runtime prefers (and XNNPACK needs for
+zero-copy weights). Nested tables we never interpret are packed by the
+schema's own object API.
+
+Models whose constants do not fit under flatbuffers' 2 GB limit - or that were
+stored that way - keep their buffers after the flatbuffer (``Buffer.offset`` /
+``size``), the form TensorFlow's converter uses for large models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import flatbuffers
+
+from .graph import Buffer, Model, Operator, Subgraph, Tensor
+from .schema import FILE_IDENTIFIER, fb
+
+ALIGN = 16
+#: Above this many bytes of constants, use the external-buffer form.
+EXTERNAL_THRESHOLD = 2**31 - 2**26
+
+
+def _enc(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+class _Chunks:
+    """The finished model as a list of byte chunks, written without joining them
+    (joining would copy every weight a second time)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    @property
+    def nbytes(self) -> int:
+        return sum(memoryview(p).nbytes for p in self.parts)
+
+    def tobytes(self) -> bytes:
+        return b"".join(memoryview(p).cast("B") for p in self.parts)
+
+    def write_to(self, f) -> None:
+        for p in self.parts:
+            f.write(memoryview(p).cast("B"))
+
+
+def serialize(model: Model, external: bool | None = None) -> _Chunks:
+    """Serialise ``model``; ``external=None`` picks the form automatically."""
+    model.prune()
+    total = sum(b.nbytes for b in model.buffers)
+    if external is None:
+        external = total > EXTERNAL_THRESHOLD or any(b.external for b in model.buffers)
+    if not external:
+        return _Chunks([_build(model, total, None)])
+
+    # External form: build once to learn the flatbuffer's size (offset values
+    # never change it: every offset is a non-default uint64), then again with
+    # the real offsets.
+    placeholder = {b: (1 << 40, b.nbytes) for b in model.buffers if b.nbytes}
+    head = _build(model, 0, placeholder)
+    size = len(head)
+    offsets, pos = {}, _round_up(size, ALIGN)
+    for b in model.buffers:
+        if b.nbytes:
+            offsets[b] = (pos, b.nbytes)
+            pos = _round_up(pos + b.nbytes, ALIGN)
+    head = _build(model, 0, offsets)
+    if len(head) != size:  # pragma: no cover - would be a flatbuffers change
+        raise RuntimeError("flatbuffer size changed between the two external-buffer passes")
+    parts: list = [head]
+    end = len(head)
+    for b in model.buffers:
+        if b.nbytes:
+            start = offsets[b][0]
+            if start > end:
+                parts.append(bytes(start - end))
+            parts.append(b.data)
+            end = start + b.nbytes
+    return _Chunks(parts)
+
+
+def write_model(model: Model, external: bool | None = None) -> bytes:
+    """Serialise ``model`` to one ``bytes`` object (convenient for small models)."""
+    return serialize(model, external).tobytes()
+
+
+def _round_up(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def _build(model: Model, data_bytes: int, external: dict[Buffer, tuple[int, int]] | None) -> memoryview:
+    b = flatbuffers.Builder(min(data_bytes + 65536 + 64 * model.num_tensors() + 128 * model.num_operators(),
+                                flatbuffers.Builder.MAX_BUFFER_SIZE))
+    w = _Writer(b, model, external)
+    root = w.model()
+    b.Finish(root, file_identifier=FILE_IDENTIFIER)
+    return memoryview(b.Bytes)[b.Head():]
+
+
+class _Writer:
+    def __init__(self, b: flatbuffers.Builder, model: Model, external):
+        self.b = b
+        self.m = model
+        self.external = external
+        self.buffer_index = {buf: i for i, buf in enumerate(model.buffers)}
+        self.opcode_index = {oc: i for i, oc in enumerate(model.opcodes)}
+
+    # --------------------------------------------------------------- helpers
+
+    def string(self, s: str | None):
+        return None if s is None else self.b.CreateString(_enc(s))
+
+    def ints(self, values, dtype=np.int32):
+        return self.b.CreateNumpyVector(np.asarray(values, dtype=dtype))
+
+    def offsets(self, offs: list[int]):
+        self.b.StartVector(4, len(offs), 4)
+        for o in reversed(offs):
+            self.b.PrependUOffsetTRelative(o)
+        return self.b.EndVector()
+
+    def data(self, arr: np.ndarray):
+        """A 16-byte aligned ubyte vector filled by one slice copy."""
+        b = self.b
+        raw = memoryview(np.ascontiguousarray(arr)).cast("B")
+        n = raw.nbytes
+        b.StartVector(1, n, ALIGN)
+        b.head = b.head - n
+        b.Bytes[b.head:b.head + n] = raw
+        return b.EndVector(n)
+
+    # ----------------------------------------------------------------- model
+
+    def model(self) -> int:
+        m, b = self.m, self.b
+        # Buffers first: the big ones end up at the end of the file.
+        buffers = [self.buffer(buf) for buf in reversed(m.buffers)][::-1]
+        opcodes = [self.opcode(oc) for oc in m.opcodes]
+        subgraphs = [self.subgraph(sg) for sg in m.subgraphs]
+        desc = self.string(m.description)
+        metadata = [self.metadata(md.name, md.buffer) for md in m.metadata]
+        sg_index = {sg: i for i, sg in enumerate(m.subgraphs)}
+        sigs = [self.signature(sd, sg_index) for sd in m.signature_defs]
+        groups = [g.Pack(b) for g in m.external_buffer_groups] if m.external_buffer_groups is not None else None
+        ext = [e.Pack(b) for e in m.external_buffers] if m.external_buffers is not None else None
+
+        v_op = self.offsets(opcodes)
+        v_sg = self.offsets(subgraphs)
+        v_buf = self.offsets(buffers)
+        v_mdb = self.ints([self.buffer_index[x] for x in m.metadata_buffer]) if m.metadata_buffer is not None else None
+        v_md = self.offsets(metadata)
+        v_sig = self.offsets(sigs)
+        v_groups = self.offsets(groups) if groups is not None else None
+        v_ext = self.offsets(ext) if ext is not None else None
+
+        fb.ModelStart(b)
+        fb.ModelAddVersion(b, m.version)
+        fb.ModelAddOperatorCodes(b, v_op)
+        fb.ModelAddSubgraphs(b, v_sg)
+        if desc is not None:
+            fb.ModelAddDescription(b, desc)
+        fb.ModelAddBuffers(b, v_buf)
+        if v_mdb is not None:
+            fb.ModelAddMetadataBuffer(b, v_mdb)
+        fb.ModelAddMetadata(b, v_md)
+        fb.ModelAddSignatureDefs(b, v_sig)
+        if v_groups is not None:
+            fb.ModelAddExternalBufferGroups(b, v_groups)
+        if v_ext is not None:
+            fb.ModelAddExternalBuffers(b, v_ext)
+        return fb.ModelEnd(b)
+
+    def buffer(self, buf: Buffer) -> int:
+        b = self.b
+        if self.external is not None and buf.nbytes:
+            offset, size = self.external[buf]
+            fb.BufferStart(b)
+            fb.BufferAddOffset(b, offset)
+            fb.BufferAddSize(b, size)
+            return fb.BufferEnd(b)
+        vec = self.data(buf.data) if buf.nbytes else None
+        fb.BufferStart(b)
+        if vec is not None:
+            fb.BufferAddData(b, vec)
+        return fb.BufferEnd(b)
+
+    def opcode(self, oc) -> int:
+        b = self.b
+        custom = self.string(oc.custom_code)
+        fb.OperatorCodeStart(b)
+        fb.OperatorCodeAddDeprecatedBuiltinCode(b, oc.deprecated_builtin_code)
+        if custom is not None:
+            fb.OperatorCodeAddCustomCode(b, custom)
+        fb.OperatorCodeAddVersion(b, oc.version)
+        fb.OperatorCodeAddBuiltinCode(b, oc.builtin_code)
+        return fb.OperatorCodeEnd(b)
+
+    def metadata(self, name: str, buf: Buffer) -> int:
+        b = self.b
+        s = self.string(name)
+        fb.MetadataStart(b)
+        fb.MetadataAddName(b, s)
+        fb.MetadataAddBuffer(b, self.buffer_index[buf])
+        return fb.MetadataEnd(b)
+
+    # -------------------------------------------------------------- subgraph
+
+    def subgraph(self, sg: Subgraph) -> int:
+        b = self.b
+        t_index = {t: i for i, t in enumerate(sg.tensors)}
+
+        def idx(ts) -> list[int]:
+            return [-1 if t is None else t_index[t] for t in ts]
+
+        tensors = [self.tensor(t) for t in sg.tensors]
+        ops = [self.operator(op, idx) for op in sg.live_operators()]
+        name = self.string(sg.name)
+        v_t = self.offsets(tensors)
+        v_in = self.ints(idx(sg.inputs))
+        v_out = self.ints(idx(sg.outputs))
+        v_ops = self.offsets(ops)
+        fb.SubGraphStart(b)
+        fb.SubGraphAddTensors(b, v_t)
+        fb.SubGraphAddInputs(b, v_in)
+        fb.SubGraphAddOutputs(b, v_out)
+        fb.SubGraphAddOperators(b, v_ops)
+        if name is not None:
+            fb.SubGraphAddName(b, name)
+        fb.SubGraphAddDebugMetadataIndex(b, sg.debug_metadata_index)
+        return fb.SubGraphEnd(b)
+
+    def tensor(self, t: Tensor) -> int:
+        b = self.b
+        shape = self.ints(t.shape)
+        name = self.string(t.name)
+        quant = t.quantization.Pack(b) if t.quantization is not None else None
+        sparsity = t.sparsity.Pack(b) if t.sparsity is not None else None
+        sig = self.ints(t.shape_signature) if t.shape_signature is not None else None
+        variants = None
+        if t.variant_tensors is not None:
+            variants = self.offsets([v.Pack(b) for v in t.variant_tensors])
+        fb.TensorStart(b)
+        fb.TensorAddShape(b, shape)
+        fb.TensorAddType(b, t.dtype)
+        fb.TensorAddBuffer(b, self.buffer_index[t.buffer] if t.buffer is not None else 0)
+        fb.TensorAddName(b, name)
+        if quant is not None:
+            fb.TensorAddQuantization(b, quant)
+        fb.TensorAddIsVariable(b, t.is_variable)
+        if sparsity is not None:
+            fb.TensorAddSparsity(b, sparsity)
+        if sig is not None:
+            fb.TensorAddShapeSignature(b, sig)
+        fb.TensorAddHasRank(b, t.has_rank)
+        if variants is not None:
+            fb.TensorAddVariantTensors(b, variants)
+        fb.TensorAddExternalBuffer(b, t.external_buffer)
+        return fb.TensorEnd(b)
+
+    def operator(self, op: Operator, idx) -> int:
+        b = self.b
+        v_in = self.ints(idx(op.inputs))
+        v_out = self.ints(idx(op.outputs))
+        opts = op.options.Pack(b) if op.options is not None else None
+        opts2 = op.options2.Pack(b) if op.options2 is not None else None
+        custom = self.b.CreateNumpyVector(np.asarray(op.custom_options, np.uint8)) \
+            if op.custom_options is not None else None
+        mut = self.b.CreateNumpyVector(np.asarray(op.mutating_variable_inputs, np.bool_)) \
+            if op.mutating_variable_inputs is not None else None
+        inter = self.ints(idx(op.intermediates)) if op.intermediates is not None else None
+        fb.OperatorStart(b)
+        fb.OperatorAddOpcodeIndex(b, self.opcode_index[op.opcode])
+        fb.OperatorAddInputs(b, v_in)
+        fb.OperatorAddOutputs(b, v_out)
+        if opts is not None:
+            fb.OperatorAddBuiltinOptionsType(b, op.options_type)
+            fb.OperatorAddBuiltinOptions(b, opts)
+        if custom is not None:
+            fb.OperatorAddCustomOptions(b, custom)
+        fb.OperatorAddCustomOptionsFormat(b, op.custom_options_format)
+        if mut is not None:
+            fb.OperatorAddMutatingVariableInputs(b, mut)
+        if inter is not None:
+            fb.OperatorAddIntermediates(b, inter)
+        if opts2 is not None:
+            fb.OperatorAddBuiltinOptions2Type(b, op.options2_type)
+            fb.OperatorAddBuiltinOptions2(b, opts2)
+        fb.OperatorAddDebugMetadataIndex(b, op.debug_metadata_index)
+        return fb.OperatorEnd(b)
+
+    def signature(self, sd, sg_index) -> int:
+        b = self.b
+        t_index = {t: i for i, t in enumerate(sd.subgraph.tensors)}
+
+        def maps(items) -> int:
+            offs = []
+            for name, t in items:
+                s = self.string(name)
+                fb.TensorMapStart(b)
+                fb.TensorMapAddName(b, s)
+                fb.TensorMapAddTensorIndex(b, t_index[t])
+                offs.append(fb.TensorMapEnd(b))
+            return self.offsets(offs)
+
+        v_in = maps(sd.inputs)
+        v_out = maps(sd.outputs)
+        key = self.string(sd.key)
+        fb.SignatureDefStart(b)
+        fb.SignatureDefAddInputs(b, v_in)
+        fb.SignatureDefAddOutputs(b, v_out)
+        fb.SignatureDefAddSignatureKey(b, key)
+        fb.SignatureDefAddSubgraphIndex(b, sg_index[sd.subgraph])
+        return fb.SignatureDefEnd(b)

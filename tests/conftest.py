@@ -1,0 +1,45 @@
+"""Shared test helpers.
+
+``fuse_and_check`` is the one assertion most pass tests need: run the real
+pipeline (passes + interpreter verification) on model bytes and return the
+result, failing the test if verification failed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from tflite_fuser import fuse  # noqa: E402
+from tflite_fuser.builder import ModelBuilder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+
+def fuse_and_check(model_bytes: bytes, **kw):
+    """Fuse ``model_bytes`` and assert the interpreter verified the result."""
+    kw.setdefault("runs", 2)
+    result = fuse(model_bytes, **kw)
+    v = result.verification
+    assert v is not None and v.ok, f"verification failed: {v.message if v else 'not run'}"
+    return result
+
+
+def op_counts(result) -> dict[str, int]:
+    return result.report["output"]["op_counts"]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def builder():
+    return ModelBuilder()

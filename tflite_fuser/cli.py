@@ -1,0 +1,266 @@
+"""Command line: a thin shell over :func:`tflite_fuser.fuse` and :func:`load`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Sequence
+
+from . import __version__
+from .errors import FuseError, UsageError
+from .passes import PASS_CLASSES
+from .pipeline import fuse, load
+from .report import render
+from .schema import type_name
+from .verifier import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_RUNS, load_npz
+
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}  the model was fused (or left as it was) and verified
+  {EXIT_VERIFY_FAILED}  verification failed: outputs differ beyond tolerance, nothing written
+     (with --force the output is written anyway, and the exit code is still 1)
+  {EXIT_BAD_INPUT}  bad usage or bad input: missing/unreadable/corrupt model, unwritable
+     output, output == input without --in-place; nothing written
+  {EXIT_INTERNAL}  internal error (a bug in tflite-fuse: please report it with the model)
+"""
+
+
+def _pass_list() -> str:
+    return "\n".join(f"  {c.name:<24} {c.summary}" for c in PASS_CLASSES) or "  (none)"
+
+
+def _fuse_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tflite-fuse",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Fuse what a converter left apart in a TFLite model: batch-norm MUL/ADD and\n"
+            "activations back into their convolution, depthwise and grouped convolutions\n"
+            "that were lowered into SPLIT + many CONV_2D + CONCATENATION back into one op.\n"
+            "The TFLite interpreter then runs the original and the fused model on the same\n"
+            "inputs and the output is written only if every output matches.\n\n"
+            "Other command:  tflite-fuse inspect MODEL   (op table, inputs, outputs, signatures)"),
+        epilog=f"passes, in the order they run (repeated until nothing changes):\n{_pass_list()}\n\n"
+               f"{EXIT_CODES}\nexamples:\n"
+               "  tflite-fuse model.tflite model.fused.tflite\n"
+               "  tflite-fuse model.tflite out.tflite -v --report report.json\n"
+               "  tflite-fuse model.tflite out.tflite --inputs calib.npz --rtol 1e-4\n"
+               "  tflite-fuse model.tflite --in-place\n")
+    p.add_argument("input", metavar="IN", help="the .tflite model to fuse (never modified)")
+    p.add_argument("output", metavar="OUT", nargs="?", help="where to write the fused model")
+    g = p.add_argument_group("passes")
+    g.add_argument("--passes", default="all", metavar="LIST",
+                   help="comma-separated passes to run, 'all' (default) or 'none' (a verified round trip)")
+    g.add_argument("--disable", default="", metavar="LIST", help="comma-separated passes not to run")
+    g.add_argument("--fp16-weights", choices=("keep", "float32"), default="keep",
+                   help="float16 weights behind DEQUANTIZE: store folded weights back as float16 "
+                        "(keep, default) or as float32")
+    v = p.add_argument_group("verification")
+    v.add_argument("--no-verify", action="store_true", help="do not run the interpreter (not recommended)")
+    v.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+    v.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+    v.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                   help=f"random input sets to try (default {DEFAULT_RUNS})")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    v.add_argument("--inputs", metavar="FILE.npz",
+                   help="use these inputs instead of random ones: one array per input name "
+                        "(or SIGNATURE/NAME)")
+    v.add_argument("--input-range", default="-1,1", metavar="LO,HI",
+                   help="range of random float inputs (default -1,1)")
+    v.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,D,...",
+                   help="shape for an input with dynamic dimensions (default: -1 becomes 1)")
+    v.add_argument("--xnnpack", action="store_true",
+                   help="verify with the XNNPACK delegate instead of the reference kernels")
+    v.add_argument("--force", action="store_true",
+                   help="write the output even if verification fails (exit code stays 1)")
+    o = p.add_argument_group("output")
+    o.add_argument("--in-place", action="store_true",
+                   help="replace IN with the fused model (keeps IN.orig unless --no-backup)")
+    o.add_argument("--no-backup", action="store_true", help="with --in-place: keep no backup")
+    o.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    o.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    o.add_argument("-v", "--verbose", action="store_true",
+                   help="say why each candidate pattern was left alone, and per-output errors")
+    p.add_argument("--version", action="version", version=f"tflite-fuse {__version__}")
+    return p
+
+
+def _inspect_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tflite-fuse inspect",
+                                description="Show a model's operators, inputs, outputs and signatures.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        if argv and argv[0] == "inspect":
+            return _inspect(_inspect_parser().parse_args(argv[1:]))
+        return _fuse(_fuse_parser().parse_args(argv))
+    except FuseError as e:
+        print(f"tflite-fuse: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("tflite-fuse: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: say so in one line, show the trace only on -v
+        if verbose:
+            traceback.print_exc()
+        print(f"tflite-fuse: internal error: {type(e).__name__}: {e} (please report; -v shows the trace)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _parse_range(s: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in s.split(","))
+    except ValueError:
+        raise UsageError(f"--input-range wants LO,HI, got {s!r}") from None
+    if not lo < hi:
+        raise UsageError(f"--input-range: {lo} is not below {hi}")
+    return lo, hi
+
+
+def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
+    shapes = {}
+    for item in items:
+        name, _, dims = item.rpartition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise UsageError(f"--input-shape wants NAME=D,D,..., got {item!r}") from None
+        if not name:
+            raise UsageError(f"--input-shape wants NAME=D,D,..., got {item!r}")
+    return shapes
+
+
+class _Progress:
+    """Stage messages on stderr: one overwritten line on a terminal, nothing
+    otherwise (logs stay clean), plain lines with -v."""
+
+    def __init__(self, quiet: bool, verbose: bool):
+        self.tty = sys.stderr.isatty() and not quiet
+        self.verbose = verbose and not quiet
+        self.width = 0
+
+    def __call__(self, msg: str) -> None:
+        if self.tty:
+            line = f"tflite-fuse: {msg}..."
+            sys.stderr.write("\r" + line.ljust(self.width))
+            sys.stderr.flush()
+            self.width = len(line)
+        elif self.verbose:
+            print(f"tflite-fuse: {msg}", file=sys.stderr)
+
+    def done(self) -> None:
+        if self.tty and self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+
+
+def _fuse(args: argparse.Namespace) -> int:
+    if args.runs < 1:
+        raise UsageError("--runs must be at least 1")
+    if args.atol < 0 or args.rtol < 0:
+        raise UsageError("--atol and --rtol must not be negative")
+    if args.in_place:
+        if args.output is not None:
+            raise UsageError("--in-place takes only IN (the output is IN itself)")
+        args.output = args.input
+    elif args.output is None:
+        raise UsageError("missing OUT (or pass --in-place)")
+    if args.no_backup and not args.in_place:
+        raise UsageError("--no-backup only makes sense with --in-place")
+    inputs = load_npz(args.inputs) if args.inputs else None
+    passes = "none" if args.passes == "none" else ("all" if args.passes == "all" else _csv(args.passes))
+    progress = _Progress(args.quiet, args.verbose)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose and not args.quiet else None
+    try:
+        result = fuse(args.input, args.output, passes=passes, disable=_csv(args.disable),
+                      verify_output=not args.no_verify, atol=args.atol, rtol=args.rtol, runs=args.runs,
+                      seed=args.seed, inputs=inputs, input_range=_parse_range(args.input_range),
+                      input_shapes=_parse_shapes(args.input_shape), xnnpack=args.xnnpack, force=args.force,
+                      in_place=args.in_place, backup=not args.no_backup, fp16_weights=args.fp16_weights,
+                      log=log, progress=progress)
+    finally:
+        progress.done()
+    if args.report:
+        _write_report(args.report, result.report)
+    if not args.quiet:
+        print(render(result.report, verbose=args.verbose))
+    elif not result.ok:
+        print(f"tflite-fuse: verification failed: {result.verification.message}", file=sys.stderr)
+    return result.exit_code
+
+
+def _write_report(path: str, report: dict) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write report ({e.strerror or e})") from None
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    info = describe_model(model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{args.model}: schema v{model.version}, {len(model.subgraphs)} subgraph(s), "
+          f"{model.num_operators()} operators, {model.num_tensors()} tensors, {len(model.buffers)} buffers")
+    if model.description:
+        print(f"  description: {model.description}")
+    if info["metadata"]:
+        print("  metadata: " + ", ".join(f"{m['name']} ({m['bytes']} B)" for m in info["metadata"]))
+    for sg in info["subgraphs"]:
+        print(f"  subgraph {sg['index']} {sg['name'] or ''}".rstrip() + f": {sg['operators']} operators")
+        for kind in ("inputs", "outputs"):
+            for t in sg[kind]:
+                print(f"    {kind[:-1]:<6} {t['name']}: {t['dtype']}{t['shape']}")
+        width = max([len(n) for n in sg["op_counts"]] + [8])
+        for n, c in sg["op_counts"].items():
+            print(f"    {n:<{width}} {c:>6}")
+    for sd in info["signatures"]:
+        print(f"  signature {sd['key']!r} (subgraph {sd['subgraph']}): "
+              f"inputs {', '.join(sd['inputs'])}; outputs {', '.join(sd['outputs'])}")
+    return EXIT_OK
+
+
+def describe_model(model) -> dict:
+    def tinfo(t):
+        return {"name": t.name, "dtype": type_name(t.dtype), "shape": list(t.shape)}
+
+    subgraphs = []
+    for i, sg in enumerate(model.subgraphs):
+        counts: dict[str, int] = {}
+        for op in sg.live_operators():
+            counts[op.type_name] = counts.get(op.type_name, 0) + 1
+        subgraphs.append({"index": i, "name": sg.name, "operators": sum(counts.values()),
+                          "inputs": [tinfo(t) for t in sg.inputs], "outputs": [tinfo(t) for t in sg.outputs],
+                          "op_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))})
+    return {
+        "version": model.version,
+        "description": model.description,
+        "metadata": [{"name": m.name, "bytes": m.buffer.nbytes} for m in model.metadata],
+        "subgraphs": subgraphs,
+        "signatures": [{"key": sd.key, "subgraph": model.subgraphs.index(sd.subgraph),
+                        "inputs": [n for n, _ in sd.inputs], "outputs": [n for n, _ in sd.outputs]}
+                       for sd in model.signature_defs],
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""What every fusion pass is, and the context it reports into.
+
+A pass looks for one pattern, checks the pattern's preconditions, and either
+rewrites it or records *why not* (``ctx.skip``), so ``-v`` can explain every
+candidate that was left alone. A pass never raises for a model it does not
+understand: unsafe means skip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+from ..graph import Model, Operator, Subgraph
+
+
+@dataclass(frozen=True)
+class Skip:
+    pass_name: str
+    subgraph: int
+    op: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"subgraph {self.subgraph}: " if self.subgraph else ""
+        return f"{self.pass_name}: {where}{self.op}: {self.reason}"
+
+
+@dataclass
+class PassOptions:
+    """Knobs a user can turn; every pass reads only what it needs."""
+
+    #: float16 weights behind DEQUANTIZE: "keep" stores folded weights back as
+    #: float16, "float32" stores them as float32 (larger file, no re-rounding).
+    fp16_weights: str = "keep"
+
+
+@dataclass
+class PassContext:
+    model: Model
+    options: PassOptions = field(default_factory=PassOptions)
+    log: Callable[[str], None] | None = None
+    skips: dict[Skip, None] = field(default_factory=dict)  # ordered set
+    current_pass: str = ""
+    subgraph_index: int = 0
+    #: subgraphs no pass may touch (e.g. not topologically sorted)
+    frozen: set = field(default_factory=set)
+
+    def skip(self, op: Operator | str, reason: str) -> None:
+        """Record that a candidate at ``op`` was left alone, and why."""
+        s = Skip(self.current_pass, self.subgraph_index, describe(op), reason)
+        if s not in self.skips:
+            self.skips[s] = None
+            if self.log:
+                self.log(f"skip {s}")
+
+    def note(self, message: str) -> None:
+        if self.log:
+            self.log(f"{self.current_pass}: {message}")
+
+
+def describe(op: Operator | str) -> str:
+    if isinstance(op, str):
+        return op
+    out = next((t.name for t in op.outputs if t is not None), "?")
+    return f"{op.type_name} -> {out!r}"
+
+
+class FusionPass:
+    """Base class. Subclasses set ``name``/``summary`` and implement
+    :meth:`run_subgraph`, returning how many rewrites they made."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def run(self, model: Model, ctx: PassContext) -> int:
+        ctx.current_pass = self.name
+        total = 0
+        for i, sg in enumerate(model.subgraphs):
+            if sg in ctx.frozen:
+                continue
+            ctx.subgraph_index = i
+            total += self.run_subgraph(model, sg, ctx)
+            sg.compact()
+        return total
+
+    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:  # pragma: no cover
+        raise NotImplementedError

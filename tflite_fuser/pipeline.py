@@ -1,0 +1,180 @@
+"""reader -> graph -> passes -> writer -> verifier, as one library call.
+
+:func:`fuse` is what the CLI runs; deployment scripts call it directly::
+
+    result = tflite_fuser.fuse("model.tflite", "model.fused.tflite")
+    assert result.ok, result.report["verification"]["message"]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import __version__
+from .atomic import check_destination, commit, discard, write_temp
+from .errors import UsageError
+from .graph import Model
+from .passes import PassContext, PassOptions, select
+from .reader import Source, load_bytes, parse
+from .report import REPORT_VERSION, model_stats
+from .validate import unsorted_subgraphs, validate
+from .verifier import DEFAULT_ATOL, DEFAULT_INPUT_RANGE, DEFAULT_RTOL, DEFAULT_RUNS, Verification, verify
+from .writer import serialize
+
+#: A fixed point is normally reached in two or three rounds; this bounds a
+#: (buggy) pair of passes that would undo each other.
+MAX_ROUNDS = 8
+
+
+@dataclass
+class FuseResult:
+    """What :func:`fuse` did. ``ok`` is False only when verification failed."""
+
+    model: Model
+    report: dict[str, Any]
+    verification: Verification | None
+    written: Path | None
+    _chunks: Any = field(repr=False, default=None)
+
+    @property
+    def ok(self) -> bool:
+        return self.verification is None or self.verification.ok
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    @property
+    def model_bytes(self) -> bytes:
+        """The rewritten model (joined on demand; large models are better
+        written with ``dst=`` which streams the chunks)."""
+        return self._chunks.tobytes()
+
+
+def load(source: Source) -> Model:
+    """Read and structurally validate a model (path or bytes)."""
+    buf, label = load_bytes(source)
+    model = parse(buf, label)
+    validate(model, label)
+    return model
+
+
+def save(model: Model, dst: str | os.PathLike, external: bool | None = None) -> Path:
+    """Write ``model`` to ``dst`` atomically (no verification)."""
+    dst_path = check_destination(None, dst, in_place=True)
+    tmp = write_temp(dst_path, serialize(model, external))
+    commit(tmp, dst_path)
+    return dst_path
+
+
+def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable: Sequence[str] = (),
+               options: PassOptions | None = None,
+               log: Callable[[str], None] | None = None) -> tuple[dict[str, int], PassContext]:
+    """Run the selected passes to a fixed point; return rewrites per pass."""
+    try:
+        chosen = select(passes, list(disable))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    ctx = PassContext(model, options or PassOptions(), log)
+    counts = {p.name: 0 for p in chosen}
+    # Passes assume producers come before consumers: leave other subgraphs alone.
+    for si in unsorted_subgraphs(model) if chosen else ():
+        ctx.frozen.add(model.subgraphs[si])
+        ctx.current_pass, ctx.subgraph_index = "pipeline", si
+        ctx.skip(f"subgraph {si}", "operators are not in topological order; no pass touches it")
+    for _ in range(MAX_ROUNDS):
+        changed = 0
+        for p in chosen:
+            n = p.run(model, ctx)
+            counts[p.name] += n
+            changed += n
+        if not changed:
+            break
+    return counts, ctx
+
+
+def fuse(src: Source, dst: str | os.PathLike | None = None, *,
+         passes: Sequence[str] | str | None = None, disable: Sequence[str] = (),
+         verify_output: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+         runs: int = DEFAULT_RUNS, seed: int = 0, inputs: Mapping[str, Any] | None = None,
+         input_range=DEFAULT_INPUT_RANGE, input_shapes: Mapping[str, Sequence[int]] | None = None,
+         xnnpack: bool = False, force: bool = False, in_place: bool = False, backup: bool = True,
+         fp16_weights: str = "keep", external_buffers: bool | None = None,
+         log: Callable[[str], None] | None = None,
+         progress: Callable[[str], None] | None = None) -> FuseResult:
+    """Fuse ``src`` (path or bytes); write to ``dst`` if given.
+
+    Nothing is written when verification fails, unless ``force``. Errors the
+    user can fix raise :class:`~tflite_fuser.errors.FuseError` subclasses.
+    """
+    t0 = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    if fp16_weights not in ("keep", "float32"):
+        raise UsageError(f"fp16_weights must be 'keep' or 'float32', not {fp16_weights!r}")
+    is_path = not isinstance(src, (bytes, bytearray, memoryview))
+    dst_path = check_destination(src if is_path else None, dst, in_place) if dst is not None else None
+
+    say("reading")
+    buf, label = load_bytes(src)
+    model = parse(buf, label)
+    validate(model, label)
+    before = model_stats(model, len(buf), label if is_path else None)
+    t_read = time.perf_counter()
+
+    say("running passes")
+    counts, ctx = run_passes(model, passes, disable, PassOptions(fp16_weights=fp16_weights), log)
+    t_passes = time.perf_counter()
+
+    say("writing")
+    chunks = serialize(model, external_buffers)
+    tmp = write_temp(dst_path, chunks) if dst_path is not None else None
+    after = model_stats(model, chunks.nbytes, str(dst_path) if dst_path else None)
+    t_write = time.perf_counter()
+
+    verification = None
+    try:
+        if verify_output:
+            say("verifying")
+            original = src if is_path else bytes(buf)
+            candidate = tmp if tmp is not None else chunks.tobytes()
+            verification = verify(original, candidate, atol=atol, rtol=rtol, runs=runs, seed=seed,
+                                  inputs=inputs, input_range=input_range, input_shapes=input_shapes,
+                                  xnnpack=xnnpack, progress=say)
+        t_verify = time.perf_counter()
+        ok = verification is None or verification.ok
+        written = None
+        backup_path = None
+        if tmp is not None and (ok or force):
+            if in_place and backup:
+                backup_path = dst_path.with_name(dst_path.name + ".orig")
+            commit(tmp, dst_path, backup_path)
+            tmp = None
+            written = dst_path
+    finally:
+        discard(tmp)
+
+    report = {
+        "report_version": REPORT_VERSION,
+        "tool_version": __version__,
+        "input": before,
+        "output": after,
+        "passes": [{"name": k, "rewrites": v} for k, v in counts.items()],
+        "skipped": [{"pass": s.pass_name, "subgraph": s.subgraph, "op": s.op, "reason": s.reason}
+                    for s in ctx.skips],
+        "verification": verification.to_dict() if verification is not None else None,
+        "written": written is not None,
+        "backup": str(backup_path) if backup_path else None,
+        "exit_code": 0 if ok else 1,
+        "seconds": {
+            "read": t_read - t0,
+            "passes": t_passes - t_read,
+            "write": t_write - t_passes,
+            "verify": t_verify - t_write,
+            "total": time.perf_counter() - t0,
+        },
+    }
+    return FuseResult(model=model, report=report, verification=verification, written=written, _chunks=chunks)

@@ -1,0 +1,89 @@
+"""Structural checks on a parsed model, run before any byte reaches the
+TFLite interpreter (a C++ runtime that trusts the file it is given).
+
+The reader already range-checks every index it resolves. Here we check what
+only makes sense on the whole graph: constants whose bytes do not match their
+shape, tensors written twice, subgraph indices in control-flow options, and so
+on. A failure is a :class:`BadModelError` naming the first problem found.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import BadModelError
+from .graph import Model, Operator
+from .schema import NUMPY_DTYPES, TensorType, type_name
+
+#: Options fields that name a subgraph (WHILE, IF, CALL_ONCE, CALL, StableHLO ...).
+_SUBGRAPH_FIELDS = ("condSubgraphIndex", "bodySubgraphIndex", "thenSubgraphIndex",
+                    "elseSubgraphIndex", "initSubgraphIndex", "subgraph", "decompositionSubgraphIndex",
+                    "comparatorSubgraphIndex", "branchSubgraphIndices", "updateComputationSubgraphIndex")
+_MAX_RANK = 16
+_MAX_ELEMENTS = 1 << 40
+
+
+def validate(model: Model, label: str = "<model>") -> None:
+    def bad(msg: str) -> BadModelError:
+        return BadModelError(f"{label}: {msg}")
+
+    n_sg = len(model.subgraphs)
+    for si, sg in enumerate(model.subgraphs):
+        where = f"subgraph {si}"
+        for t in sg.tensors:
+            if len(t.shape) > _MAX_RANK:
+                raise bad(f"{where}: tensor {t.name!r} has rank {len(t.shape)}")
+            if any(d < 0 for d in t.shape):
+                raise bad(f"{where}: tensor {t.name!r} has a negative dimension {t.shape}")
+            n = int(np.prod(t.shape, dtype=np.float64)) if t.shape else 1
+            if n > _MAX_ELEMENTS:
+                raise bad(f"{where}: tensor {t.name!r} has an impossible shape {t.shape}")
+            if t.is_constant and t.sparsity is None and t.dtype in NUMPY_DTYPES:
+                want = n * NUMPY_DTYPES[t.dtype].itemsize
+                if t.buffer.nbytes != want:
+                    raise bad(f"{where}: constant {t.name!r} ({type_name(t.dtype)}{t.shape}) "
+                              f"needs {want} bytes but its buffer has {t.buffer.nbytes}")
+            if t.dtype not in _KNOWN_TYPES:
+                raise bad(f"{where}: tensor {t.name!r} has unknown type {t.dtype}")
+        written: set = set()
+        for oi, op in enumerate(sg.operators):
+            for t in op.outputs:
+                if t is None:
+                    continue
+                if t in written:
+                    raise bad(f"{where}: tensor {t.name!r} is written by two operators")
+                if t.is_constant:
+                    raise bad(f"{where}: operator {oi} ({op.type_name}) writes constant {t.name!r}")
+                written.add(t)
+            _check_subgraph_refs(op, n_sg, lambda msg: bad(f"{where}: operator {oi} ({op.type_name}) {msg}"))
+
+
+_KNOWN_TYPES = frozenset(v for k, v in vars(TensorType).items() if not k.startswith("_") and isinstance(v, int))
+
+
+def _check_subgraph_refs(op: Operator, n_sg: int, bad) -> None:
+    for opts in (op.options, op.options2):
+        if opts is None:
+            continue
+        for name in _SUBGRAPH_FIELDS:
+            v = getattr(opts, name, None)
+            if v is None:
+                continue
+            values = [int(x) for x in v] if hasattr(v, "__len__") else [int(v)]
+            for x in values:
+                if not 0 <= x < n_sg:
+                    raise bad(f"names subgraph {x}, but the model has {n_sg}")
+
+
+def unsorted_subgraphs(model: Model) -> list[int]:
+    """Indices of subgraphs where an operator reads a tensor that a later
+    operator writes. Passes leave such subgraphs alone."""
+    unsorted = []
+    for si, sg in enumerate(model.subgraphs):
+        produced_later = {t for op in sg.live_operators() for t in op.outputs if t is not None}
+        for op in sg.live_operators():
+            if any(t in produced_later for t in op.inputs if t is not None):
+                unsorted.append(si)
+                break
+            produced_later.difference_update(op.outputs)
+    return unsorted

@@ -1,0 +1,296 @@
+"""Prove a rewrite: run original and rewritten model in the TFLite interpreter
+on the same inputs and compare every output of every signature.
+
+An output passes when ``|a - b| <= atol + rtol * |a|`` elementwise, ``a`` being
+the original's value. Integer outputs of quantized models pass within
+``quant_steps`` steps (default one: a requantised clamp may round the other
+way). The defaults (``atol=1e-5``, ``rtol=1e-5``) are what a float32 fold can
+promise: folding re-associates a handful of multiplies and adds per output.
+
+Models are loaded from a file path when we have one (the interpreter mmaps it,
+no copy) and from bytes otherwise. Inputs are seeded random unless the user
+gives an ``.npz``: floats uniform in ``input_range``, 8-bit integers over their
+full range, other integers in ``[0, 10)``; dynamic dimensions (``-1`` in the
+shape signature) become 1 unless ``input_shapes`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import BadModelError, UsageError
+
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-5
+DEFAULT_RUNS = 3
+DEFAULT_INPUT_RANGE = (-1.0, 1.0)
+
+
+@dataclass
+class OutputCheck:
+    signature: str
+    name: str
+    dtype: str
+    shape: list[int]
+    max_abs_error: float
+    max_rel_error: float
+    tolerance: str
+    ok: bool
+
+
+@dataclass
+class Verification:
+    ok: bool
+    runs: int
+    atol: float
+    rtol: float
+    seed: int
+    kernels: str
+    outputs: list[OutputCheck] = field(default_factory=list)
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    seconds: float = 0.0
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ModelRef = "str | os.PathLike | bytes"
+
+
+def _interpreter(model, xnnpack: bool, num_threads: int | None):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    kwargs: dict[str, Any] = {"experimental_op_resolver_type": resolver, "num_threads": num_threads}
+    with _quiet_stderr():
+        if isinstance(model, (str, os.PathLike)):
+            return Interpreter(model_path=os.fspath(model), **kwargs)
+        return Interpreter(model_content=bytes(model), **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the C++ runtime's "Created TensorFlow Lite XNNPACK delegate" line
+    (written to fd 2 directly), which would otherwise break our one-line output."""
+    try:
+        fd = os.dup(2)
+    except OSError:  # pragma: no cover
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(devnull)
+
+
+# ------------------------------------------------------------------ entry points
+
+
+class _Runnable:
+    """One signature (or the main subgraph of a model without signatures)."""
+
+    def __init__(self, interp, key: str | None):
+        self.interp = interp
+        self.key = key
+        if key is None:
+            interp.allocate_tensors()
+            self.inputs = {d["name"]: d for d in interp.get_input_details()}
+            self.outputs = [d["name"] for d in interp.get_output_details()]
+        else:
+            self.runner = interp.get_signature_runner(key)
+            self.inputs = self.runner.get_input_details()
+            self.outputs = list(self.runner.get_output_details())
+
+    def input_specs(self) -> dict[str, dict]:
+        return self.inputs
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.key is not None:
+            return {k: np.array(v) for k, v in self.runner(**feeds).items()}
+        it = self.interp
+        resized = False
+        for name, d in self.inputs.items():
+            if tuple(d["shape"]) != feeds[name].shape:
+                it.resize_tensor_input(d["index"], feeds[name].shape, strict=False)
+                resized = True
+        if resized:
+            it.allocate_tensors()
+        for name, d in self.inputs.items():
+            it.set_tensor(d["index"], feeds[name])
+        it.invoke()
+        return {d["name"] + f"#{i}": np.array(it.get_tensor(d["index"]))
+                for i, d in enumerate(it.get_output_details())}
+
+
+def _runnables(interp) -> list[_Runnable]:
+    sigs = interp.get_signature_list()
+    if sigs:
+        return [_Runnable(interp, key) for key in sigs]
+    return [_Runnable(interp, None)]
+
+
+def make_inputs(spec: Mapping[str, dict], rng: np.random.Generator, input_range=DEFAULT_INPUT_RANGE,
+                input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+    feeds = {}
+    for name, d in spec.items():
+        shape = list(d.get("shape_signature", d["shape"]))
+        if input_shapes and name in input_shapes:
+            shape = list(input_shapes[name])
+        shape = [1 if s < 0 else int(s) for s in shape]
+        dt = np.dtype(d["dtype"])
+        if dt.kind == "f":
+            arr = rng.uniform(input_range[0], input_range[1], size=shape).astype(dt)
+        elif dt in (np.int8, np.uint8):
+            info = np.iinfo(dt)
+            arr = rng.integers(info.min, info.max + 1, size=shape, dtype=dt)
+        elif dt.kind in "iu":
+            arr = rng.integers(0, 10, size=shape).astype(dt)
+        elif dt.kind == "b":
+            arr = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise UsageError(f"cannot make random data for input {name!r} of type {dt}; pass --inputs")
+        feeds[name] = arr
+    return feeds
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such inputs file") from None
+    except Exception as e:  # zipfile / format errors
+        raise UsageError(f"{path}: not a readable .npz of input arrays ({e})") from None
+
+
+def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+           runs: int = DEFAULT_RUNS, seed: int = 0, inputs: Mapping[str, np.ndarray] | None = None,
+           input_range=DEFAULT_INPUT_RANGE, input_shapes=None, quant_steps: int = 1,
+           xnnpack: bool = False, num_threads: int | None = None,
+           progress: Callable[[str], None] | None = None) -> Verification:
+    """Compare ``candidate`` against ``original`` (paths or bytes)."""
+    start = time.perf_counter()
+    result = Verification(ok=True, runs=0, atol=atol, rtol=rtol, seed=seed,
+                          kernels="xnnpack" if xnnpack else "builtin")
+    try:
+        ref_i = _interpreter(original, xnnpack, num_threads)
+    except (ValueError, RuntimeError) as e:
+        raise BadModelError(f"the TFLite interpreter rejects the input model: {_first_line(e)}") from None
+    try:
+        new_i = _interpreter(candidate, xnnpack, num_threads)
+        ref_r, new_r = _runnables(ref_i), _runnables(new_i)
+    except (ValueError, RuntimeError) as e:
+        result.ok = False
+        result.message = f"the rewritten model does not load: {_first_line(e)}"
+        return result
+    if [r.key for r in ref_r] != [r.key for r in new_r]:
+        result.ok = False
+        result.message = "signature lists differ"
+        return result
+
+    rng = np.random.default_rng(seed)
+    worst: dict[tuple[str, str], OutputCheck] = {}
+    n_runs = 1 if inputs is not None else max(1, runs)
+    for run in range(n_runs):
+        if progress:
+            progress(f"verifying: run {run + 1}/{n_runs}")
+        for ref, new in zip(ref_r, new_r):
+            sig = ref.key or ""
+            feeds = _feeds_for(ref, inputs, rng, input_range, input_shapes)
+            try:
+                a = ref.run(feeds)
+            except (ValueError, RuntimeError) as e:
+                raise BadModelError(f"the TFLite interpreter cannot run the input model: {_first_line(e)}") from None
+            try:
+                b = new.run(feeds)
+            except (ValueError, RuntimeError) as e:
+                result.ok = False
+                result.message = f"the rewritten model fails to run: {_first_line(e)}"
+                return result
+            if list(a) != list(b) and sig:
+                result.ok = False
+                result.message = f"signature {sig!r} outputs differ: {sorted(a)} vs {sorted(b)}"
+                return result
+            for (name, x), y in zip(a.items(), b.values()):
+                check = _compare(sig, name, x, y, atol, rtol, quant_steps)
+                prev = worst.get((sig, name))
+                if prev is None:
+                    worst[(sig, name)] = check
+                else:
+                    prev.max_abs_error = max(prev.max_abs_error, check.max_abs_error)
+                    prev.max_rel_error = max(prev.max_rel_error, check.max_rel_error)
+                    prev.ok = prev.ok and check.ok
+        result.runs += 1
+
+    result.outputs = list(worst.values())
+    result.ok = all(c.ok for c in result.outputs)
+    result.max_abs_error = max((c.max_abs_error for c in result.outputs), default=0.0)
+    result.max_rel_error = max((c.max_rel_error for c in result.outputs), default=0.0)
+    if not result.ok:
+        bad = [f"{c.signature + '/' if c.signature else ''}{c.name}" for c in result.outputs if not c.ok]
+        result.message = f"outputs differ beyond tolerance: {', '.join(bad)}"
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _feeds_for(runnable: _Runnable, user: Mapping[str, np.ndarray] | None, rng, input_range, input_shapes):
+    spec = runnable.input_specs()
+    if user is None:
+        return make_inputs(spec, rng, input_range, input_shapes)
+    feeds = {}
+    for name, d in spec.items():
+        for key in (f"{runnable.key}/{name}" if runnable.key else None, name):
+            if key is not None and key in user:
+                feeds[name] = np.asarray(user[key], dtype=np.dtype(d["dtype"]))
+                break
+        else:
+            raise UsageError(f"--inputs has no array for input {name!r}"
+                             + (f" of signature {runnable.key!r}" if runnable.key else "")
+                             + f" (it has: {', '.join(sorted(user)) or 'nothing'})")
+    return feeds
+
+
+def _compare(sig: str, name: str, a: np.ndarray, b: np.ndarray, atol: float, rtol: float,
+             quant_steps: int) -> OutputCheck:
+    dtype = str(a.dtype)
+    if a.shape != b.shape:
+        return OutputCheck(sig, name, dtype, list(a.shape), float("inf"), float("inf"),
+                           f"shape {list(a.shape)} vs {list(b.shape)}", False)
+    if a.dtype.kind in "iub" and a.dtype.kind == b.dtype.kind:
+        diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+        max_abs = float(diff.max(initial=0))
+        scale = np.maximum(np.abs(a.astype(np.float64)), 1.0)
+        max_rel = float((diff / scale).max(initial=0.0))
+        steps = quant_steps if a.dtype.kind in "iu" and a.dtype.itemsize <= 2 else 0
+        return OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, f"±{steps} step",
+                           bool(max_abs <= steps))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    finite = np.isfinite(a64) & np.isfinite(b64)
+    # Non-finite values must agree exactly (same inf, both nan).
+    same_nonfinite = np.all((a64 == b64) | (np.isnan(a64) & np.isnan(b64)) | finite)
+    diff = np.where(finite, np.abs(a64 - b64), 0.0)
+    bound = atol + rtol * np.abs(a64)
+    max_abs = float(diff.max(initial=0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(finite & (a64 != 0), diff / np.abs(a64), 0.0)
+    max_rel = float(rel.max(initial=0.0))
+    ok = bool(same_nonfinite and np.all(np.where(finite, diff <= bound, True)))
+    return OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, f"atol={atol:g} rtol={rtol:g}", ok)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

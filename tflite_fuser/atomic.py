@@ -41,7 +41,10 @@ def _same_file(a, b) -> bool:
 
 def write_temp(dst: Path, chunks) -> Path:
     """Write ``chunks`` (an object with ``write_to(f)``) next to ``dst``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent if str(dst.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    except OSError as e:
+        raise WriteError(f"{dst}: cannot create the output there ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             chunks.write_to(f)

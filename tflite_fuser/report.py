@@ -65,8 +65,10 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
         if verbose or not v["ok"]:
             for o in v["outputs"]:
                 sig = f"{o['signature']}/" if o["signature"] else ""
+                err = ("not comparable" if o["max_abs_error"] is None
+                       else f"abs {o['max_abs_error']:.3g} rel {o['max_rel_error']:.3g}")
                 lines.append(f"    {'ok ' if o['ok'] else 'BAD'} {sig}{o['name']} {o['dtype']}{o['shape']}: "
-                             f"abs {o['max_abs_error']:.3g} rel {o['max_rel_error']:.3g} ({o['tolerance']})")
+                             f"{err} ({o['tolerance']})")
         if v["message"]:
             lines.append(f"  {v['message']}")
     if report["written"]:

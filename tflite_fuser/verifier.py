@@ -39,8 +39,8 @@ class OutputCheck:
     name: str
     dtype: str
     shape: list[int]
-    max_abs_error: float
-    max_rel_error: float
+    max_abs_error: float | None  # None: not comparable (shapes differ)
+    max_rel_error: float | None
     tolerance: str
     ok: bool
 
@@ -186,12 +186,12 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
     result = Verification(ok=True, runs=0, atol=atol, rtol=rtol, seed=seed,
                           kernels="xnnpack" if xnnpack else "builtin")
     try:
-        ref_i = _interpreter(original, xnnpack, num_threads)
+        ref_r = _runnables(_interpreter(original, xnnpack, num_threads))
     except (ValueError, RuntimeError) as e:
-        raise BadModelError(f"the TFLite interpreter rejects the input model: {_first_line(e)}") from None
+        raise BadModelError(f"the TFLite interpreter cannot load the input model, so the rewrite cannot be "
+                            f"verified ({_first_line(e)}); pass --no-verify to skip verification") from None
     try:
-        new_i = _interpreter(candidate, xnnpack, num_threads)
-        ref_r, new_r = _runnables(ref_i), _runnables(new_i)
+        new_r = _runnables(_interpreter(candidate, xnnpack, num_threads))
     except (ValueError, RuntimeError) as e:
         result.ok = False
         result.message = f"the rewritten model does not load: {_first_line(e)}"
@@ -213,7 +213,8 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
             try:
                 a = ref.run(feeds)
             except (ValueError, RuntimeError) as e:
-                raise BadModelError(f"the TFLite interpreter cannot run the input model: {_first_line(e)}") from None
+                raise BadModelError(f"the TFLite interpreter cannot run the input model ({_first_line(e)}); "
+                                    f"pass --no-verify to skip verification") from None
             try:
                 b = new.run(feeds)
             except (ValueError, RuntimeError) as e:
@@ -229,16 +230,21 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
                 prev = worst.get((sig, name))
                 if prev is None:
                     worst[(sig, name)] = check
-                else:
-                    prev.max_abs_error = max(prev.max_abs_error, check.max_abs_error)
-                    prev.max_rel_error = max(prev.max_rel_error, check.max_rel_error)
-                    prev.ok = prev.ok and check.ok
+                elif prev.max_abs_error is not None:
+                    if check.max_abs_error is None:
+                        worst[(sig, name)] = check
+                    else:
+                        prev.max_abs_error = max(prev.max_abs_error, check.max_abs_error)
+                        prev.max_rel_error = max(prev.max_rel_error, check.max_rel_error)
+                        prev.ok = prev.ok and check.ok
         result.runs += 1
 
     result.outputs = list(worst.values())
     result.ok = all(c.ok for c in result.outputs)
-    result.max_abs_error = max((c.max_abs_error for c in result.outputs), default=0.0)
-    result.max_rel_error = max((c.max_rel_error for c in result.outputs), default=0.0)
+    result.max_abs_error = max((c.max_abs_error for c in result.outputs if c.max_abs_error is not None),
+                               default=0.0)
+    result.max_rel_error = max((c.max_rel_error for c in result.outputs if c.max_rel_error is not None),
+                               default=0.0)
     if not result.ok:
         bad = [f"{c.signature + '/' if c.signature else ''}{c.name}" for c in result.outputs if not c.ok]
         result.message = f"outputs differ beyond tolerance: {', '.join(bad)}"
@@ -267,7 +273,7 @@ def _compare(sig: str, name: str, a: np.ndarray, b: np.ndarray, atol: float, rto
              quant_steps: int) -> OutputCheck:
     dtype = str(a.dtype)
     if a.shape != b.shape:
-        return OutputCheck(sig, name, dtype, list(a.shape), float("inf"), float("inf"),
+        return OutputCheck(sig, name, dtype, list(a.shape), None, None,
                            f"shape {list(a.shape)} vs {list(b.shape)}", False)
     if a.dtype.kind in "iub" and a.dtype.kind == b.dtype.kind:
         diff = np.abs(a.astype(np.int64) - b.astype(np.int64))

@@ -132,7 +132,7 @@ class _Writer:
         b.StartVector(1, n, ALIGN)
         b.head = b.head - n
         b.Bytes[b.head:b.head + n] = raw
-        return b.EndVector(n)
+        return b.EndVector()
 
     # ----------------------------------------------------------------- model
 

@@ -1,0 +1,117 @@
+"""Small models that exercise corners of the schema, built in milliseconds.
+
+Real converted models live in ``fixtures/``; these add what converters rarely
+emit on demand: opcodes above 127, custom ops with options, sparse tensors,
+shape signatures, per-channel quantization, extra metadata.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tflite_fuser.builder import ModelBuilder
+from tflite_fuser.graph import Buffer, Metadata, OpCode, Operator, SignatureDef, Tensor
+from tflite_fuser.schema import BuiltinOperator as Op
+from tflite_fuser.schema import BuiltinOptions, TensorType, fb
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def conv_relu(seed=0) -> ModelBuilder:
+    r = _rng(seed)
+    b = ModelBuilder()
+    x = b.input("x", [1, 8, 8, 3])
+    y = b.conv2d(x, r.standard_normal((8, 3, 3, 3)).astype(np.float32),
+                 r.standard_normal(8).astype(np.float32), activation="RELU")
+    b.output(y)
+    return b
+
+
+def rich_metadata() -> bytes:
+    """Description, several metadata entries, a deprecated metadata_buffer list,
+    a shape signature, a GELU (opcode 150, above the 127 of the deprecated
+    field) and a signature def whose names differ from the tensors'."""
+    b = conv_relu()
+    m, sg = b.model, b.sg
+    y = sg.outputs[0]
+    g = b.op(Op.GELU, [y], [list(y.shape)], fb.GeluOptionsT(approximate=False), BuiltinOptions.GeluOptions)[0]
+    sg.outputs = [g]
+    sg.inputs[0].shape_signature = [-1, 8, 8, 3]
+    m.description = "rich metadata test model \u2713"
+    for name, payload in [("min_runtime_version", b"1.14.0\0\0\0\0\0\0\0\0\0\0"),
+                          ("TFLITE_METADATA", bytes(range(200))), ("custom_vendor_blob", b"\x00\xffhello")]:
+        buf = Buffer(np.frombuffer(payload, np.uint8))
+        m.buffers.append(buf)
+        m.metadata.append(Metadata(name, buf))
+    m.metadata_buffer = [m.metadata[1].buffer]
+    m.signature_defs.append(SignatureDef("serving_default", sg, [("image", sg.inputs[0])], [("probs", g)]))
+    return b.to_bytes()
+
+
+def custom_op_and_sparsity() -> bytes:
+    """A custom op with flexbuffer-ish options and a sparse constant. The
+    interpreter cannot run the custom op: tests use it without verification."""
+    b = conv_relu()
+    m, sg = b.model, b.sg
+    y = sg.outputs[0]
+    out = b.tensor(y.shape, "custom_out")
+    oc = OpCode(builtin_code=Op.CUSTOM, deprecated_builtin_code=Op.CUSTOM, custom_code="MyVendorOp", version=1)
+    m.opcodes.append(oc)
+    sparse = fb.SparsityParametersT()
+    sparse.traversalOrder = np.array([0, 1], np.int32)
+    dm = fb.DimensionMetadataT()
+    dm.format = fb.DimensionType.DENSE
+    dm.denseSize = 4
+    sparse.dimMetadata = [dm]
+    c = b.const(np.arange(16, dtype=np.float32).reshape(4, 4), "sparse_const")
+    c.sparsity = sparse
+    sg.operators.append(Operator(oc, [y, c], [out], custom_options=np.frombuffer(b"\x01\x02opts\x03", np.uint8),
+                                 custom_options_format=fb.CustomOptionsFormat.FLEXBUFFERS))
+    sg.outputs = [out]
+    return b.to_bytes()
+
+
+def quantized_per_channel() -> bytes:
+    """An int8 conv with per-channel filter scales, runnable by the interpreter."""
+    r = _rng(3)
+    b = ModelBuilder()
+
+    def q(scale, zp, dim=0):
+        qp = fb.QuantizationParametersT()
+        qp.scale = np.asarray(scale, np.float32)
+        qp.zeroPoint = np.asarray(zp, np.int64)
+        qp.quantizedDimension = dim
+        return qp
+
+    x = b.input("x", [1, 8, 8, 3], TensorType.INT8, q([0.02], [-3]))
+    w_scale = r.uniform(0.005, 0.02, 8)
+    w = b.const(r.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8), "w", TensorType.INT8,
+                q(w_scale, np.zeros(8)))
+    bias = b.const(r.integers(-500, 500, 8).astype(np.int32), "b", TensorType.INT32,
+                   q(0.02 * w_scale, np.zeros(8)))
+    y = b.conv2d(x, w, bias, quantization=q([0.05], [2]), version=3)
+    b.output(y)
+    return b.to_bytes()
+
+
+def unreferenced_tensor_and_buffer() -> bytes:
+    """The source keeps a tensor and a buffer nobody uses; a no-op round trip
+    must keep both (dropping them is not ours to decide)."""
+    b = conv_relu()
+    b.sg.add_tensor(Tensor(name="orphan", shape=[2], dtype=TensorType.FLOAT32, buffer=b.model.buffers[0],
+                           unreferenced_in_source=True))
+    spare = Buffer(np.arange(8, dtype=np.uint8))
+    b.model.buffers.append(spare)
+    b.model.unreferenced_buffers.add(spare)
+    return b.to_bytes()
+
+
+BUILDER_MODELS = {
+    "rich_metadata": (rich_metadata, True),
+    "custom_op_and_sparsity": (custom_op_and_sparsity, False),
+    "quantized_per_channel": (quantized_per_channel, True),
+    "unreferenced": (unreferenced_tensor_and_buffer, True),
+}
+"""name -> (factory, runnable by the interpreter)"""

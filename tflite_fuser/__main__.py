@@ -1,0 +1,7 @@
+"""``python -m tflite_fuser`` is the ``tflite-fuse`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -3,20 +3,29 @@
 Indices are assigned here, once: tensors by their position in each subgraph's
 list, buffers by their position in the model's list (the sentinel first), so
 every reference a pass rewired - including signature defs - comes out
-remapped. Buffer bytes are copied exactly once, from their numpy view into the
-builder, 16-byte aligned as the TFLite runtime prefers (and XNNPACK needs for
-zero-copy weights). Nested tables we never interpret are packed by the
-schema's own object API.
+remapped. Nested tables we never interpret are packed by the schema's own
+object API.
+
+Weights never pass through the flatbuffers builder. The file is laid out as
+``[tables | weight vectors]``: the builder makes only the tables (small), and
+each ``Buffer.data`` field is a forward offset into the tail that follows,
+where every weight vector starts on a 16-byte boundary (XNNPACK and the
+TFLite runtime map weights without copying when they are aligned). The tail
+is streamed from the numpy views straight to the output file, so writing a
+1 GB model needs no second gigabyte of memory.
 
 Models whose constants do not fit under flatbuffers' 2 GB limit - or that were
-stored that way - keep their buffers after the flatbuffer (``Buffer.offset`` /
-``size``), the form TensorFlow's converter uses for large models.
+stored that way - keep their buffers after the flatbuffer with absolute
+``Buffer.offset`` / ``size``, the form TensorFlow's converter uses for large
+models.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import struct
+
 import flatbuffers
+import numpy as np
 
 from .graph import Buffer, Model, Operator, Subgraph, Tensor
 from .schema import FILE_IDENTIFIER, fb
@@ -24,6 +33,7 @@ from .schema import FILE_IDENTIFIER, fb
 ALIGN = 16
 #: Above this many bytes of constants, use the external-buffer form.
 EXTERNAL_THRESHOLD = 2**31 - 2**26
+_PREFIX = 4  # a flatbuffer vector starts with its uint32 length
 
 
 def _enc(s: str) -> bytes:
@@ -50,37 +60,46 @@ class _Chunks:
 
 
 def serialize(model: Model, external: bool | None = None) -> _Chunks:
-    """Serialise ``model``; ``external=None`` picks the form automatically."""
+    """Serialise ``model``; ``external=None`` keeps the source's form and
+    switches to external buffers only when inline ones cannot fit."""
     model.prune()
-    total = sum(b.nbytes for b in model.buffers)
+    data = [b for b in model.buffers if b.nbytes]
     if external is None:
-        external = total > EXTERNAL_THRESHOLD or any(b.external for b in model.buffers)
-    if not external:
-        return _Chunks([_build(model, total, None)])
+        external = sum(b.nbytes for b in data) > EXTERNAL_THRESHOLD or any(b.external for b in data)
+    return _serialize_external(model, data) if external else _serialize_inline(model, data)
 
-    # External form: build once to learn the flatbuffer's size (offset values
-    # never change it: every offset is a non-default uint64), then again with
-    # the real offsets.
-    placeholder = {b: (1 << 40, b.nbytes) for b in model.buffers if b.nbytes}
-    head = _build(model, 0, placeholder)
-    size = len(head)
-    offsets, pos = {}, _round_up(size, ALIGN)
-    for b in model.buffers:
-        if b.nbytes:
-            offsets[b] = (pos, b.nbytes)
-            pos = _round_up(pos + b.nbytes, ALIGN)
-    head = _build(model, 0, offsets)
+
+def _serialize_inline(model: Model, data: list[Buffer]) -> _Chunks:
+    # Tail layout: [pad][len][bytes] per buffer, bytes 16-aligned in the file
+    # (the tables in front are padded to a multiple of 16, see _build).
+    refs, tail, pos = {}, [], 0
+    for b in data:
+        pad = (-(pos + _PREFIX)) % ALIGN
+        pos += pad
+        refs[b] = -pos  # builder offset of a position ``pos`` bytes past the tables' end
+        tail += [bytes(pad), struct.pack("<I", b.nbytes), b.data]
+        pos += _PREFIX + b.nbytes
+    return _Chunks([_build(model, inline=refs)] + tail)
+
+
+def _serialize_external(model: Model, data: list[Buffer]) -> _Chunks:
+    # Build once to learn the tables' size (offset values never change it:
+    # every one is a non-default uint64), then again with the real offsets.
+    size = len(_build(model, external={b: (1 << 40, b.nbytes) for b in data}))
+    offsets, pos = {}, size
+    for b in data:
+        pos += (-pos) % ALIGN
+        offsets[b] = (pos, b.nbytes)
+        pos += b.nbytes
+    head = _build(model, external=offsets)
     if len(head) != size:  # pragma: no cover - would be a flatbuffers change
         raise RuntimeError("flatbuffer size changed between the two external-buffer passes")
     parts: list = [head]
-    end = len(head)
-    for b in model.buffers:
-        if b.nbytes:
-            start = offsets[b][0]
-            if start > end:
-                parts.append(bytes(start - end))
-            parts.append(b.data)
-            end = start + b.nbytes
+    end = size
+    for b in data:
+        start = offsets[b][0]
+        parts += [bytes(start - end), b.data]
+        end = start + b.nbytes
     return _Chunks(parts)
 
 
@@ -89,23 +108,22 @@ def write_model(model: Model, external: bool | None = None) -> bytes:
     return serialize(model, external).tobytes()
 
 
-def _round_up(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
-
-
-def _build(model: Model, data_bytes: int, external: dict[Buffer, tuple[int, int]] | None) -> memoryview:
-    b = flatbuffers.Builder(min(data_bytes + 65536 + 64 * model.num_tensors() + 128 * model.num_operators(),
+def _build(model: Model, inline: dict[Buffer, int] | None = None,
+           external: dict[Buffer, tuple[int, int]] | None = None) -> memoryview:
+    b = flatbuffers.Builder(min(65536 + 64 * model.num_tensors() + 128 * model.num_operators(),
                                 flatbuffers.Builder.MAX_BUFFER_SIZE))
-    w = _Writer(b, model, external)
-    root = w.model()
+    b.Prep(ALIGN, 0)  # minalign 16: Finish pads the tables to a multiple of 16
+    root = _Writer(b, model, inline or {}, external).model()
     b.Finish(root, file_identifier=FILE_IDENTIFIER)
     return memoryview(b.Bytes)[b.Head():]
 
 
 class _Writer:
-    def __init__(self, b: flatbuffers.Builder, model: Model, external):
+    def __init__(self, b: flatbuffers.Builder, model: Model, inline: dict[Buffer, int],
+                 external: dict[Buffer, tuple[int, int]] | None):
         self.b = b
         self.m = model
+        self.inline = inline
         self.external = external
         self.buffer_index = {buf: i for i, buf in enumerate(model.buffers)}
         self.opcode_index = {oc: i for i, oc in enumerate(model.opcodes)}
@@ -124,22 +142,11 @@ class _Writer:
             self.b.PrependUOffsetTRelative(o)
         return self.b.EndVector()
 
-    def data(self, arr: np.ndarray):
-        """A 16-byte aligned ubyte vector filled by one slice copy."""
-        b = self.b
-        raw = memoryview(np.ascontiguousarray(arr)).cast("B")
-        n = raw.nbytes
-        b.StartVector(1, n, ALIGN)
-        b.head = b.head - n
-        b.Bytes[b.head:b.head + n] = raw
-        return b.EndVector()
-
     # ----------------------------------------------------------------- model
 
     def model(self) -> int:
         m, b = self.m, self.b
-        # Buffers first: the big ones end up at the end of the file.
-        buffers = [self.buffer(buf) for buf in reversed(m.buffers)][::-1]
+        buffers = [self.buffer(buf) for buf in m.buffers]
         opcodes = [self.opcode(oc) for oc in m.opcodes]
         subgraphs = [self.subgraph(sg) for sg in m.subgraphs]
         desc = self.string(m.description)
@@ -177,16 +184,16 @@ class _Writer:
 
     def buffer(self, buf: Buffer) -> int:
         b = self.b
+        fb.BufferStart(b)
         if self.external is not None and buf.nbytes:
             offset, size = self.external[buf]
-            fb.BufferStart(b)
             fb.BufferAddOffset(b, offset)
             fb.BufferAddSize(b, size)
-            return fb.BufferEnd(b)
-        vec = self.data(buf.data) if buf.nbytes else None
-        fb.BufferStart(b)
-        if vec is not None:
-            fb.BufferAddData(b, vec)
+        elif buf.nbytes:
+            # A negative builder offset points past the end of the tables,
+            # into the weight tail (never 0: the first vector is preceded by
+            # padding to 16).
+            fb.BufferAddData(b, self.inline[buf])
         return fb.BufferEnd(b)
 
     def opcode(self, oc) -> int:

@@ -1,0 +1,67 @@
+"""Run a snippet in a fresh Python process and measure it.
+
+Peak memory is the child's own maximum resident set (``wait4`` rusage), so
+imports, page cache and allocator state of the benchmark driver never leak
+into a figure. The child reports its own wall time for the measured section
+(excluding interpreter start-up and imports) as JSON on its last stdout line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_PRELUDE = """
+import json, sys, time
+def _report(seconds, **extra):
+    print(json.dumps({"seconds": seconds, **extra}), flush=True)
+"""
+
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_bytes: int
+    extra: dict
+
+
+def run(snippet: str, timeout: float = 3600) -> Sample:
+    code = _PRELUDE + textwrap.dedent(snippet)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=ROOT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN only as
+    # a maximum over all children, so the child measures itself instead.
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+    data = json.loads(out.decode().strip().splitlines()[-1])
+    return Sample(data.pop("seconds"), data.pop("peak_bytes"), data)
+
+
+PEAK = """
+def _peak():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+"""
+
+
+def median_of(samples: list[Sample]) -> Sample:
+    return Sample(statistics.median(s.seconds for s in samples),
+                  int(statistics.median(s.peak_bytes for s in samples)), samples[-1].extra)
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB"

@@ -43,18 +43,21 @@ def run(snippet: str, timeout: float = 3600) -> Sample:
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN only as
-    # a maximum over all children, so the child measures itself instead.
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({proc.returncode}):\n{err.decode()[-2000:]}")
     data = json.loads(out.decode().strip().splitlines()[-1])
     return Sample(data.pop("seconds"), data.pop("peak_bytes"), data)
 
 
+# VmHWM, not getrusage: Linux carries ru_maxrss across fork+exec, so a child
+# would inherit the driver's peak; VmHWM belongs to the new address space.
 PEAK = """
 def _peak():
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 """
 
 

@@ -287,7 +287,8 @@ def _compare(sig: str, name: str, a: np.ndarray, b: np.ndarray, atol: float, rto
     finite = np.isfinite(a64) & np.isfinite(b64)
     # Non-finite values must agree exactly (same inf, both nan).
     same_nonfinite = np.all((a64 == b64) | (np.isnan(a64) & np.isnan(b64)) | finite)
-    diff = np.where(finite, np.abs(a64 - b64), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(finite, np.abs(a64 - b64), 0.0)
     bound = atol + rtol * np.abs(a64)
     max_abs = float(diff.max(initial=0.0))
     with np.errstate(divide="ignore", invalid="ignore"):

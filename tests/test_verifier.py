@@ -1,0 +1,64 @@
+"""The verifier's comparison rule and input generation, pinned on small arrays,
+plus end-to-end: it must catch a model that computes something else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import models
+from tflite_fuser.verifier import _compare, make_inputs, verify
+
+
+def test_float_outputs_pass_within_atol_plus_rtol_times_reference():
+    a = np.array([1.0, 100.0, 0.0], np.float32)
+    ok = _compare("", "y", a, a + np.array([1e-6, 1e-3, 1e-5], np.float32), 1e-5, 1e-5, 1)
+    bad = _compare("", "y", a, a + np.array([0, 2e-3, 0], np.float32), 1e-5, 1e-5, 1)
+    assert ok.ok and not bad.ok
+    assert bad.max_abs_error == pytest.approx(2e-3, rel=1e-2)
+
+
+def test_nan_and_inf_must_match_exactly():
+    a = np.array([np.nan, np.inf, 1.0], np.float32)
+    assert _compare("", "y", a, a.copy(), 1e-5, 1e-5, 1).ok
+    assert not _compare("", "y", a, np.array([0.0, np.inf, 1.0], np.float32), 1e-5, 1e-5, 1).ok
+    assert not _compare("", "y", a, np.array([np.nan, -np.inf, 1.0], np.float32), 1e-5, 1e-5, 1).ok
+
+
+def test_quantized_outputs_allow_one_step_and_no_more():
+    a = np.array([-128, 0, 127], np.int8)
+    assert _compare("", "q", a, np.array([-127, 1, 126], np.int8), 0, 0, 1).ok
+    assert not _compare("", "q", a, np.array([-126, 0, 127], np.int8), 0, 0, 1).ok
+
+
+def test_int32_outputs_must_be_exact():
+    a = np.array([5, 6], np.int32)
+    assert not _compare("", "i", a, np.array([5, 7], np.int32), 1e-5, 1e-5, 1).ok
+
+
+def test_shape_mismatch_fails_and_is_not_comparable():
+    c = _compare("", "y", np.zeros((2, 2), np.float32), np.zeros(4, np.float32), 1, 1, 1)
+    assert not c.ok and c.max_abs_error is None
+
+
+def test_random_inputs_are_dtype_aware_and_resolve_dynamic_dims():
+    rng = np.random.default_rng(0)
+    spec = {"f": {"shape": np.array([1, 4]), "shape_signature": np.array([-1, 4]), "dtype": np.float32},
+            "q": {"shape": np.array([64]), "dtype": np.int8}}
+    feeds = make_inputs(spec, rng, (-2.0, 3.0), {"f": [5, 4]})
+    assert feeds["f"].shape == (5, 4) and feeds["f"].min() >= -2 and feeds["f"].max() <= 3
+    assert feeds["q"].dtype == np.int8 and feeds["q"].min() < -64 and feeds["q"].max() > 64
+
+
+def test_verify_catches_a_model_that_computes_something_else():
+    a = models.conv_relu(seed=0).to_bytes()
+    b = models.conv_relu(seed=1).to_bytes()
+    result = verify(a, b, runs=1)
+    assert not result.ok and "outputs differ" in result.message
+    assert verify(a, a, runs=2).ok
+
+
+def test_verify_runs_every_signature():
+    data = models.rich_metadata()
+    result = verify(data, data, runs=1)
+    assert result.ok and [(o.signature, o.name) for o in result.outputs] == [("serving_default", "probs")]

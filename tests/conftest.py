@@ -25,6 +25,7 @@ FIXTURES = ROOT / "fixtures"
 def fuse_and_check(model_bytes: bytes, **kw):
     """Fuse ``model_bytes`` and assert the interpreter verified the result."""
     kw.setdefault("runs", 2)
+    kw.setdefault("isolate", False)  # our own test models: skip the child process start-up
     result = fuse(model_bytes, **kw)
     v = result.verification
     assert v is not None and v.ok, f"verification failed: {v.message if v else 'not run'}"

@@ -115,3 +115,37 @@ BUILDER_MODELS = {
     "unreferenced": (unreferenced_tensor_and_buffer, True),
 }
 """name -> (factory, runnable by the interpreter)"""
+
+
+def endless_while() -> bytes:
+    """A WHILE loop whose condition (x < 1e30) stays true because the body adds
+    zero: the interpreter never returns. For the verifier's time limit."""
+    from tflite_fuser.graph import Subgraph
+
+    b = ModelBuilder()
+    m = b.model
+    x = b.input("x", [1])
+    y = b.tensor([1], "y")
+
+    def sub(name: str) -> tuple[Subgraph, Tensor]:
+        sg = Subgraph(name=name)
+        m.subgraphs.append(sg)
+        t = sg.add_tensor(Tensor(name=f"{name}_x", shape=[1], buffer=m.buffers[0]))
+        sg.inputs = [t]
+        return sg, t
+
+    cond, cx = sub("cond")
+    limit = m.new_constant(cond, "limit", np.array([1e30], np.float32), TensorType.FLOAT32)
+    flag = cond.add_tensor(Tensor(name="flag", shape=[1], dtype=TensorType.BOOL, buffer=m.buffers[0]))
+    cond.operators.append(Operator(m.opcode(Op.LESS), [cx, limit], [flag]))
+    cond.outputs = [flag]
+    body, bx = sub("body")
+    zero = m.new_constant(body, "zero", np.array([0.0], np.float32), TensorType.FLOAT32)
+    nx = body.add_tensor(Tensor(name="next", shape=[1], buffer=m.buffers[0]))
+    body.operators.append(Operator(m.opcode(Op.ADD), [bx, zero], [nx], fb.AddOptionsT(), BuiltinOptions.AddOptions))
+    body.outputs = [nx]
+    b.sg.operators.append(Operator(m.opcode(Op.WHILE), [x], [y],
+                                  fb.WhileOptionsT(condSubgraphIndex=1, bodySubgraphIndex=2),
+                                  BuiltinOptions.WhileOptions))
+    b.output(y)
+    return b.to_bytes()

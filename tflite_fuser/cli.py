@@ -13,6 +13,7 @@ from .errors import FuseError, UsageError
 from .passes import PASS_CLASSES
 from .pipeline import fuse, load
 from .report import render
+from .sandbox import DEFAULT_TIMEOUT
 from .schema import type_name
 from .verifier import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_RUNS, load_npz
 
@@ -75,6 +76,9 @@ def _fuse_parser() -> argparse.ArgumentParser:
                    help="shape for an input with dynamic dimensions (default: -1 becomes 1)")
     v.add_argument("--xnnpack", action="store_true",
                    help="verify with the XNNPACK delegate instead of the reference kernels")
+    v.add_argument("--verify-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"give up verifying after this long (default {DEFAULT_TIMEOUT:g}); the interpreter "
+                        "runs in a child process, so a crash or hang there cannot take the tool down")
     v.add_argument("--force", action="store_true",
                    help="write the output even if verification fails (exit code stays 1)")
     o = p.add_argument_group("output")
@@ -190,7 +194,8 @@ def _fuse(args: argparse.Namespace) -> int:
         result = fuse(args.input, args.output, passes=passes, disable=_csv(args.disable),
                       verify_output=not args.no_verify, atol=args.atol, rtol=args.rtol, runs=args.runs,
                       seed=args.seed, inputs=inputs, input_range=_parse_range(args.input_range),
-                      input_shapes=_parse_shapes(args.input_shape), xnnpack=args.xnnpack, force=args.force,
+                      input_shapes=_parse_shapes(args.input_shape), xnnpack=args.xnnpack,
+                      verify_timeout=args.verify_timeout, force=args.force,
                       in_place=args.in_place, backup=not args.no_backup, fp16_weights=args.fp16_weights,
                       log=log, progress=progress)
     finally:

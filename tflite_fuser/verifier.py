@@ -32,6 +32,13 @@ DEFAULT_RTOL = 1e-5
 DEFAULT_RUNS = 3
 DEFAULT_INPUT_RANGE = (-1.0, 1.0)
 
+# Stage markers: the sandbox uses the last one seen to tell whether a crash
+# happened in the input model (bad input) or in the rewritten one (our bug).
+STAGE_LOAD_ORIGINAL = "loading the input model"
+STAGE_LOAD_CANDIDATE = "loading the rewritten model"
+STAGE_RUN_ORIGINAL = "running the input model"
+STAGE_RUN_CANDIDATE = "running the rewritten model"
+
 
 @dataclass
 class OutputCheck:
@@ -185,11 +192,14 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
     start = time.perf_counter()
     result = Verification(ok=True, runs=0, atol=atol, rtol=rtol, seed=seed,
                           kernels="xnnpack" if xnnpack else "builtin")
+    say = progress or (lambda _msg: None)
+    say(STAGE_LOAD_ORIGINAL)
     try:
         ref_r = _runnables(_interpreter(original, xnnpack, num_threads))
     except (ValueError, RuntimeError) as e:
         raise BadModelError(f"the TFLite interpreter cannot load the input model, so the rewrite cannot be "
                             f"verified ({_first_line(e)}); pass --no-verify to skip verification") from None
+    say(STAGE_LOAD_CANDIDATE)
     try:
         new_r = _runnables(_interpreter(candidate, xnnpack, num_threads))
     except (ValueError, RuntimeError) as e:
@@ -205,16 +215,17 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
     worst: dict[tuple[str, str], OutputCheck] = {}
     n_runs = 1 if inputs is not None else max(1, runs)
     for run in range(n_runs):
-        if progress:
-            progress(f"verifying: run {run + 1}/{n_runs}")
+        say(f"verifying: run {run + 1}/{n_runs}")
         for ref, new in zip(ref_r, new_r):
             sig = ref.key or ""
             feeds = _feeds_for(ref, inputs, rng, input_range, input_shapes)
+            say(STAGE_RUN_ORIGINAL)
             try:
                 a = ref.run(feeds)
             except (ValueError, RuntimeError) as e:
                 raise BadModelError(f"the TFLite interpreter cannot run the input model ({_first_line(e)}); "
                                     f"pass --no-verify to skip verification") from None
+            say(STAGE_RUN_CANDIDATE)
             try:
                 b = new.run(feeds)
             except (ValueError, RuntimeError) as e:

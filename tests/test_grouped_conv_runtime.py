@@ -1,0 +1,117 @@
+"""Pin what the split-conv passes rely on: the pinned interpreter runs a
+grouped CONV_2D (filter ``[Cout,kh,kw,Cin/G]``, op version 6) correctly, with
+the builtin kernels and with XNNPACK, and the TF converter writes grouped
+convs in exactly that form. If an interpreter upgrade breaks either, the
+passes must stop emitting grouped convs: these tests say so first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from tflite_fuser.builder import ModelBuilder, conv_output_size
+from tflite_fuser.passes.fuse_split_conv import GROUPED_CONV_VERSION
+from tflite_fuser.pipeline import load
+from tflite_fuser.schema import BuiltinOperator as Op
+from tflite_fuser.schema import TensorType, fb
+
+RESOLVERS = {"builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, "xnnpack": OpResolverType.AUTO}
+
+
+def reference_conv(x, w, b, groups, stride=1, dilation=1, padding="SAME"):
+    """Grouped conv in float64 numpy: x NHWC, w OHWI [Cout,kh,kw,Cin/G], TF padding."""
+    n, h, wd, cin = x.shape
+    cout, kh, kw, gw = w.shape
+    assert cin == gw * groups
+    oh = conv_output_size(h, kh, stride, dilation, padding)
+    ow = conv_output_size(wd, kw, stride, dilation, padding)
+    eh, ew = (kh - 1) * dilation + 1, (kw - 1) * dilation + 1
+    ph = max((oh - 1) * stride + eh - h, 0) // 2 if padding == "SAME" else 0
+    pw = max((ow - 1) * stride + ew - wd, 0) // 2 if padding == "SAME" else 0
+    xp = np.zeros((n, h + eh + stride * oh, wd + ew + stride * ow, cin))
+    xp[:, ph:ph + h, pw:pw + wd] = x
+    out = np.zeros((n, oh, ow, cout))
+    opg = cout // groups
+    for o in range(cout):
+        g = o // opg
+        xs = xp[..., g * gw:(g + 1) * gw]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, i * dilation:i * dilation + stride * oh:stride,
+                           j * dilation:j * dilation + stride * ow:stride, :]
+                out[..., o] += patch @ w[o, i, j].astype(np.float64)
+    return out + b
+
+
+def run(model_bytes: bytes, x: np.ndarray, kernels: str) -> np.ndarray:
+    it = Interpreter(model_content=model_bytes, experimental_op_resolver_type=RESOLVERS[kernels])
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+@pytest.mark.parametrize("kernels", ["builtin", "xnnpack"])
+@pytest.mark.parametrize("cin,cout,groups,k,stride,dilation", [
+    (8, 16, 2, 3, 1, 1),
+    (32, 64, 8, 3, 2, 1),
+    (16, 16, 4, 3, 1, 2),
+    (128, 128, 32, 3, 1, 1),  # ResNeXt's 32 groups of 4
+    (12, 6, 3, 1, 1, 1),
+])
+def test_interpreter_runs_float_grouped_conv2d_like_the_reference(kernels, cin, cout, groups, k, stride,
+                                                                  dilation, rng):
+    w = rng.standard_normal((cout, k, k, cin // groups)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    b = ModelBuilder()
+    x = b.input("x", [1, 11, 11, cin])
+    b.output(b.conv2d(x, w, bias, stride=stride, dilation=dilation, version=GROUPED_CONV_VERSION))
+    xv = rng.uniform(-1, 1, (1, 11, 11, cin)).astype(np.float32)
+    got = run(b.to_bytes(), xv, kernels)
+    want = reference_conv(xv, w, bias, groups, stride, dilation)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _q(scale, zp, dim=0):
+    q = fb.QuantizationParametersT()
+    q.scale = list(np.atleast_1d(scale).astype(float))
+    q.zeroPoint = list(np.atleast_1d(zp).astype(int))
+    q.quantizedDimension = dim
+    return q
+
+
+@pytest.mark.parametrize("kernels", ["builtin", "xnnpack"])
+def test_interpreter_runs_int8_grouped_conv2d_like_the_reference(kernels, rng):
+    """int8, per-channel filter scales: within one step of the float maths on
+    the dequantized values (the requantisation rounds once)."""
+    cin, cout, groups = 16, 32, 4
+    in_s, in_z, out_s, out_z = 0.02, -3, 0.05, 2
+    wq = rng.integers(-127, 128, (cout, 3, 3, cin // groups)).astype(np.int8)
+    ws = rng.uniform(0.002, 0.01, cout)
+    bq = rng.integers(-500, 500, cout).astype(np.int32)
+    b = ModelBuilder()
+    x = b.input("x", [1, 9, 9, cin], TensorType.INT8, _q(in_s, in_z))
+    wt = b.const(wq, "w", TensorType.INT8, _q(ws, np.zeros(cout), 0))
+    bt = b.const(bq, "b", TensorType.INT32, _q(in_s * ws, np.zeros(cout), 0))
+    y = b.op(Op.CONV_2D, [x, wt, bt], [[1, 9, 9, cout]],
+             fb.Conv2DOptionsT(padding=0, strideW=1, strideH=1), 1, version=GROUPED_CONV_VERSION,
+             dtype=TensorType.INT8, quantization=_q(out_s, out_z))[0]
+    b.output(y)
+    xq = rng.integers(-128, 128, (1, 9, 9, cin)).astype(np.int8)
+    got = run(b.to_bytes(), xq, kernels).astype(np.int64)
+    real = reference_conv((xq.astype(np.float64) - in_z) * in_s, wq * ws[:, None, None, None],
+                          bq * in_s * ws, groups)
+    want = np.clip(np.round(real / out_s) + out_z, -128, 127)
+    assert np.abs(got - want).max() <= 1
+
+
+def test_tf_converter_writes_grouped_conv2d_as_version_6_with_narrow_filter():
+    tf = pytest.importorskip("tensorflow")
+    inp = tf.keras.Input((8, 8, 32), batch_size=1)
+    y = tf.keras.layers.Conv2D(64, 3, padding="same", groups=8)(inp)
+    model = load(tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inp, y)).convert())
+    (conv,) = [op for op in model.main.live_operators() if op.code == Op.CONV_2D]
+    assert conv.opcode.version == GROUPED_CONV_VERSION
+    assert conv.inputs[1].shape == [64, 3, 3, 4]

@@ -28,6 +28,7 @@ def validate(model: Model, label: str = "<model>") -> None:
         return BadModelError(f"{label}: {msg}")
 
     n_sg = len(model.subgraphs)
+    calls: dict[int, set[int]] = {}
     for si, sg in enumerate(model.subgraphs):
         where = f"subgraph {si}"
         for t in sg.tensors:
@@ -46,6 +47,7 @@ def validate(model: Model, label: str = "<model>") -> None:
             if t.dtype not in _KNOWN_TYPES:
                 raise bad(f"{where}: tensor {t.name!r} has unknown type {t.dtype}")
         written: set = set()
+        calls[si] = set()
         for oi, op in enumerate(sg.operators):
             for t in op.outputs:
                 if t is None:
@@ -55,13 +57,19 @@ def validate(model: Model, label: str = "<model>") -> None:
                 if t.is_constant:
                     raise bad(f"{where}: operator {oi} ({op.type_name}) writes constant {t.name!r}")
                 written.add(t)
-            _check_subgraph_refs(op, n_sg, lambda msg: bad(f"{where}: operator {oi} ({op.type_name}) {msg}"))
+            calls[si].update(_subgraph_refs(op, n_sg,
+                                            lambda msg: bad(f"{where}: operator {oi} ({op.type_name}) {msg}")))
+    cycle = _find_cycle(calls)
+    if cycle:
+        raise bad("control flow calls subgraphs in a cycle (" + " -> ".join(map(str, cycle)) + ")")
 
 
 _KNOWN_TYPES = frozenset(v for k, v in vars(TensorType).items() if not k.startswith("_") and isinstance(v, int))
 
 
-def _check_subgraph_refs(op: Operator, n_sg: int, bad) -> None:
+def _subgraph_refs(op: Operator, n_sg: int, bad) -> set[int]:
+    """Subgraphs an operator calls (WHILE cond/body, IF branches, ...)."""
+    refs: set[int] = set()
     for opts in (op.options, op.options2):
         if opts is None:
             continue
@@ -73,6 +81,34 @@ def _check_subgraph_refs(op: Operator, n_sg: int, bad) -> None:
             for x in values:
                 if not 0 <= x < n_sg:
                     raise bad(f"names subgraph {x}, but the model has {n_sg}")
+            refs.update(values)
+    return refs
+
+
+def _find_cycle(calls: dict[int, set[int]]) -> list[int] | None:
+    """A call cycle among subgraphs (the interpreter would recurse forever)."""
+    state: dict[int, int] = {}  # 1 = on the stack, 2 = done
+
+    for root in calls:
+        if state.get(root):
+            continue
+        stack = [(root, iter(sorted(calls.get(root, ()))))]
+        path = [root]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif not state.get(nxt):
+                state[nxt] = 1
+                stack.append((nxt, iter(sorted(calls.get(nxt, ())))))
+                path.append(nxt)
+    return None
 
 
 def unsorted_subgraphs(model: Model) -> list[int]:

@@ -1,0 +1,254 @@
+"""The arithmetic of folding, as pure functions on numpy arrays (no graph).
+
+Every fold here is an identity of linear algebra: a convolution is linear in
+its input and in its filter, so a per-channel affine map ``y*s + t`` applied
+after it (output side) or ``x*s + t`` applied before it (input side) can be
+moved into the filter and the bias. The passes decide *whether* a pattern may
+be folded; these functions compute *what* the new weights are.
+
+Numerics: every function works in float64 on whatever it is given, and
+:func:`round_once` is the single place a result is rounded to its storage
+type. A chain such as ``(x - mean) * inv_std * gamma + beta`` is first
+composed into one ``(scale, shift)`` pair (:func:`compose`), so the weights are
+rounded once however long the chain is. A fold whose result is not finite or
+does not fit the storage type raises :class:`FoldError`, and the pass refuses
+it with that message: a model that computed finite numbers must not start
+computing ``inf``.
+
+Layouts (TFLite's): ``conv`` filter ``[Cout, kh, kw, Cin/groups]``;
+``depthwise`` filter ``[1, kh, kw, Cin*M]`` (output channel ``c`` reads input
+channel ``c // M``); ``fc`` filter ``[units, in]``; ``transpose_conv`` filter
+``[Cout, kh, kw, Cin]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CONV, DEPTHWISE, FC, TRANSPOSE_CONV = "conv", "depthwise", "fc", "transpose_conv"
+KINDS = (CONV, DEPTHWISE, FC, TRANSPOSE_CONV)
+
+#: filter axis that indexes output channels, per kind
+OUT_AXIS = {CONV: 0, DEPTHWISE: 3, FC: 0, TRANSPOSE_CONV: 0}
+
+
+class FoldError(ValueError):
+    """A fold that is mathematically defined but must not be made; the message
+    is the reason the pass reports."""
+
+
+# ------------------------------------------------------------ per-channel constants
+
+
+def channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray:
+    """``value`` (a constant operand next to a tensor of rank ``rank`` whose
+    last axis has ``channels`` entries) as a float64 vector of ``channels``.
+
+    Only shapes that broadcast along the channel axis alone qualify: ``[]``,
+    ``[1]``, ``[C]``, ``[1, C]``, ``[1, 1, 1, C]`` ... of rank <= ``rank``.
+    A constant that varies over batch or space cannot move into weights, and
+    one of higher rank would change the result's shape.
+    """
+    v = np.asarray(value)
+    if v.ndim > rank:
+        raise FoldError(f"constant of shape {list(v.shape)} has higher rank than the tensor (rank {rank})")
+    if any(d != 1 for d in v.shape[:-1]):
+        raise FoldError(f"constant of shape {list(v.shape)} varies over more than the channel axis")
+    if v.ndim == 0 or v.shape[-1] == 1:
+        return np.full(channels, float(v.reshape(-1)[0]), np.float64)
+    if v.shape[-1] != channels:
+        raise FoldError(f"constant of shape {list(v.shape)} does not match {channels} channels")
+    return v.reshape(-1).astype(np.float64)
+
+
+def compose(scale: np.ndarray, shift: np.ndarray, op: str, c: np.ndarray,
+            const_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Compose ``y = x*scale + shift`` with one more elementwise op against the
+    per-channel constant ``c``: ``y op c`` (or ``c op y`` when ``const_first``).
+
+    ``op`` is "MUL", "ADD", "SUB" or "DIV". ``c - y`` is affine too (scale
+    negated); ``c / y`` is not, and neither is a division by zero.
+    """
+    c = np.asarray(c, np.float64)
+    if not np.all(np.isfinite(c)):
+        raise FoldError("constant is not finite")
+    if op == "MUL":
+        return scale * c, shift * c
+    if op == "ADD":
+        return scale, shift + c
+    if op == "SUB":
+        return (-scale, c - shift) if const_first else (scale, shift - c)
+    if op == "DIV":
+        if const_first:
+            raise FoldError("c / x is not affine in x")
+        if np.any(c == 0):
+            raise FoldError("divisor has zeros")
+        return scale / c, shift / c
+    raise FoldError(f"{op} is not an affine op")
+
+
+def compose_before(outer: tuple[np.ndarray, np.ndarray],
+                   inner: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``outer(inner(x))`` for two per-channel affine maps ``(scale, shift)``;
+    used when walking *up* a chain that feeds a convolution."""
+    so, to = outer
+    si, ti = inner
+    return so * si, so * ti + to
+
+
+def is_identity(scale: np.ndarray | None, shift: np.ndarray | None) -> tuple[bool, bool]:
+    """(scale is all ones, shift is all zeros): lets a pass keep a tensor it
+    does not need to rewrite (an ADD-only chain leaves the filter alone)."""
+    return (scale is None or bool(np.all(scale == 1.0)),
+            shift is None or bool(np.all(shift == 0.0)))
+
+
+# ------------------------------------------------------------ output-side folding
+
+
+def out_channels(kind: str, filter_shape) -> int:
+    return int(filter_shape[OUT_AXIS[kind]])
+
+
+def _along(kind_axis: int, ndim: int, v: np.ndarray) -> np.ndarray:
+    shape = [1] * ndim
+    shape[kind_axis] = -1
+    return v.reshape(shape)
+
+
+def scale_output_channels(kind: str, w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The filter of ``op(x) * scale`` (per output channel), in float64."""
+    w64 = np.asarray(w, np.float64)
+    return w64 * _along(OUT_AXIS[kind], w64.ndim, np.asarray(scale, np.float64))
+
+
+def fold_output_affine(kind: str, w: np.ndarray, b: np.ndarray | None, scale: np.ndarray,
+                       shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """New (filter, bias) of ``op(x) * scale + shift``, in float64.
+
+    ``op(x) = conv_w(x) + b``, so ``op(x)*s + t = conv_{w*s}(x) + (b*s + t)``.
+    A missing bias is zero.
+    """
+    cout = out_channels(kind, np.shape(w))
+    b64 = np.zeros(cout) if b is None else np.asarray(b, np.float64).reshape(-1)
+    return scale_output_channels(kind, w, scale), b64 * scale + shift
+
+
+# ------------------------------------------------------------- input-side folding
+
+
+def input_channel_map(kind: str, filter_shape, in_channels: int) -> np.ndarray:
+    """For every filter element along its input-channel dimension, which input
+    channel of ``x`` it multiplies, as an index array broadcastable against the
+    filter. Raises FoldError when the filter does not fit ``in_channels``."""
+    fs = [int(d) for d in filter_shape]
+    if kind == CONV:
+        cout, cg = fs[0], fs[3]
+        if cg <= 0 or in_channels % cg:
+            raise FoldError(f"filter with {cg} input channels per group does not fit {in_channels} input channels")
+        groups = in_channels // cg
+        if cout % groups:
+            raise FoldError(f"{cout} output channels do not split into {groups} groups")
+        group = np.arange(cout) // (cout // groups)
+        return (group[:, None] * cg + np.arange(cg)[None, :])[:, None, None, :]
+    if kind == DEPTHWISE:
+        c = fs[3]
+        if c % in_channels:
+            raise FoldError(f"depthwise filter with {c} channels does not fit {in_channels} input channels")
+        m = c // in_channels
+        return (np.arange(c) // m).reshape(1, 1, 1, c)
+    if kind == FC:
+        if fs[1] != in_channels:
+            raise FoldError(f"fully connected input has {fs[1]} features but the tensor's last axis "
+                            f"has {in_channels}")
+        return np.arange(in_channels).reshape(1, in_channels)
+    if kind == TRANSPOSE_CONV:
+        if fs[3] != in_channels:
+            raise FoldError(f"filter with {fs[3]} input channels does not fit {in_channels}")
+        return np.arange(in_channels).reshape(1, 1, 1, in_channels)
+    raise FoldError(f"unknown kind {kind!r}")
+
+
+def scale_input_channels(kind: str, w: np.ndarray, scale: np.ndarray, in_channels: int) -> np.ndarray:
+    """The filter of ``op(x * scale)`` (``scale`` per input channel), in float64.
+
+    Exact whatever the padding: zero padding of ``x*s`` is zero padding of
+    ``x`` times ``s``.
+    """
+    idx = input_channel_map(kind, np.shape(w), in_channels)
+    return np.asarray(w, np.float64) * np.asarray(scale, np.float64)[idx]
+
+
+def input_shift_bias(kind: str, w: np.ndarray, b: np.ndarray | None, shift: np.ndarray,
+                     in_channels: int) -> np.ndarray:
+    """The bias of ``op(x + shift)`` (``shift`` per input channel), in float64.
+
+    ``conv_w(x + t) = conv_w(x) + sum over the window of w * t``. This holds
+    only where the whole window lies inside ``x`` (VALID padding, or SAME that
+    pads nothing): a padded border adds zeros, not ``t``. The caller checks
+    that. A transposed convolution sums a position-dependent number of taps,
+    so it never qualifies.
+    """
+    if kind == TRANSPOSE_CONV:
+        raise FoldError("a transposed convolution adds a position-dependent number of taps")
+    cout = out_channels(kind, np.shape(w))
+    b64 = np.zeros(cout) if b is None else np.asarray(b, np.float64).reshape(-1)
+    idx = input_channel_map(kind, np.shape(w), in_channels)
+    t = np.asarray(shift, np.float64)[idx]
+    contrib = np.asarray(w, np.float64) * t
+    axes = tuple(a for a in range(contrib.ndim) if a != OUT_AXIS[kind])
+    return b64 + contrib.sum(axis=axes)
+
+
+# ------------------------------------------------------------------- padding
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """(before, after) that TFLite's SAME padding adds along one axis of
+    ``size`` (``ComputePaddingHeightWidth``: the odd unit goes after)."""
+    effective = (kernel - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def same_padding_unknown_size(kernel: int, stride: int, dilation: int) -> tuple[int, int] | None:
+    """SAME padding when the size is not known (a dynamic dimension): it does
+    not depend on the size when ``stride == 1``; otherwise None."""
+    if stride != 1:
+        return None
+    total = (kernel - 1) * dilation
+    return total // 2, total - total // 2
+
+
+def pad_equals_same(size: int | None, pads: tuple[int, int], kernel: int, stride: int,
+                    dilation: int) -> bool:
+    """Whether explicit zero ``pads`` on an axis of ``size`` (None: dynamic)
+    followed by a VALID convolution is exactly a SAME convolution."""
+    want = (same_padding(size, kernel, stride, dilation) if size is not None
+            else same_padding_unknown_size(kernel, stride, dilation))
+    return want is not None and tuple(int(p) for p in pads) == want
+
+
+# ------------------------------------------------------------------- rounding
+
+
+def round_once(values: np.ndarray, dtype, what: str) -> np.ndarray:
+    """``values`` (float64) rounded once to ``dtype`` for storage.
+
+    Raises FoldError when a value is not finite or does not fit ``dtype``
+    (float16 tops out at 65504): the fold would make the model compute
+    ``inf`` where it computed a number.
+    """
+    v = np.asarray(values, np.float64)
+    dt = np.dtype(dtype)
+    if not np.all(np.isfinite(v)):
+        raise FoldError(f"folded {what} would not be finite")
+    limit = float(np.finfo(dt).max)
+    biggest = float(np.abs(v).max(initial=0.0))
+    if biggest > limit:
+        raise FoldError(f"folded {what} would overflow {dt.name} (|value| up to {biggest:.3g} > {limit:.3g})")
+    out = v.astype(dt)
+    if not np.all(np.isfinite(out)):  # rounding up to the next binade past max
+        raise FoldError(f"folded {what} would overflow {dt.name}")
+    return out

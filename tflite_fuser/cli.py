@@ -111,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FuseError as e:
         print(f"tflite-fuse: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MemoryError:
+        print("tflite-fuse: error: out of memory (the model or its verification needs more than this "
+              "machine has); nothing written", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("tflite-fuse: interrupted; nothing written", file=sys.stderr)
         return 130

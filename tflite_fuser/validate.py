@@ -20,7 +20,8 @@ _SUBGRAPH_FIELDS = ("condSubgraphIndex", "bodySubgraphIndex", "thenSubgraphIndex
                     "elseSubgraphIndex", "initSubgraphIndex", "subgraph", "decompositionSubgraphIndex",
                     "comparatorSubgraphIndex", "branchSubgraphIndices", "updateComputationSubgraphIndex")
 _MAX_RANK = 16
-_MAX_ELEMENTS = 1 << 40
+#: TFLite addresses tensors with 32-bit element counts in many kernels.
+_MAX_ELEMENTS = 1 << 31
 
 
 def validate(model: Model, label: str = "<model>") -> None:

@@ -33,6 +33,8 @@ Preconditions (each failure is a ``ctx.skip`` with the reason):
      exactly: identical per-tensor parameters stay per-tensor; differing int8
      scales with zero points 0 become per-channel scales in channel order.
      Hybrid (float activations, integer filters) and int16 models are left alone.
+     int8 results are bit-identical; the legacy uint8 CONV_2D and DEPTHWISE_CONV_2D
+     kernels round their requantization differently (within the verifier's one step).
   7. A grouped CONV_2D is only emitted for float32 and int8 (what
      ``tests/test_grouped_conv_runtime.py`` pins on the interpreter).
 
@@ -58,7 +60,7 @@ from ..schema import BuiltinOptions, TensorType, fb, type_name
 from .base import FusionPass, PassContext
 from .channel_split import (ATTRIBUTE_NAMES, BRANCH_OPS, SLICING_OPS, Partition, Weight,
                             conv_attributes, match_partition, weight)
-from .common import why_not_removable
+from .common import same_quantization, signature_outputs, why_not_removable
 
 #: Runtime op versions: what the TF 2.21 converter writes for the same ops.
 GROUPED_CONV_VERSION = 6
@@ -114,7 +116,7 @@ class FuseSplitConv(FusionPass):
             if isinstance(m, str):
                 ctx.skip(cat, m)
                 continue
-            self.rewrite(model, sg, m)
+            self.rewrite(model, sg, m, ctx.options.fp16_weights == "float32")
             rewrites += 1
         return rewrites
 
@@ -202,7 +204,7 @@ class FuseSplitConv(FusionPass):
                 and not why_not_removable(model, sg, out, users[0]):
             relu = users[0]
             act = compose_activation(activation, _POST_ACTIVATIONS[relu.code])
-            if act is not None and same_quant(relu.outputs[0], out):
+            if act is not None and same_quantization(relu.outputs[0], out):
                 post, activation, output = relu, act, relu.outputs[0]
         return Match(cat, part, branches, plan, activation, post, output)
 
@@ -244,10 +246,10 @@ class FuseSplitConv(FusionPass):
         if any(p.outputs[0].dtype != x.dtype for p in producers) or out.dtype != x.dtype:
             return "branch outputs are not of the input's type"
         if x.dtype == TensorType.FLOAT32:
-            if fdtype not in (TensorType.FLOAT32, TensorType.FLOAT16):
-                return f"hybrid model: float activations with {type_name(fdtype)} filters"
-            if any(b.bias is not None and b.bias.values.dtype.kind != "f" for b in branches):
-                return "float branch with a non-float bias"
+            odd = (kinds | bias_kinds) - {(TensorType.FLOAT32, False), (TensorType.FLOAT16, True)}
+            if odd:
+                return (f"float activations with {type_name(next(iter(odd))[0])} weights "
+                        "(a hybrid model, or float16 not behind DEQUANTIZE)")
             return None
         # Quantized: the pattern moves bytes around, so every step it removes
         # must not have requantized anything.
@@ -257,10 +259,10 @@ class FuseSplitConv(FusionPass):
         if xq is None or len(xq[0]) != 1:
             return "quantized input without per-tensor parameters"
         for piece in part.pieces:
-            if not same_quant(piece.tensor, x):
+            if not same_quantization(piece.tensor, x):
                 return "a piece is requantized by the split"
         for p in producers:
-            if not same_quant(p.outputs[0], out):
+            if not same_quantization(p.outputs[0], out):
                 return "branch output parameters differ from the concatenation's (it requantizes)"
         for b in branches:
             if b.filter.tensor.quant_params() is None:
@@ -280,7 +282,7 @@ class FuseSplitConv(FusionPass):
 
     # -------------------------------------------------------------- rewrite
 
-    def rewrite(self, model: Model, sg: Subgraph, m: Match) -> None:
+    def rewrite(self, model: Model, sg: Subgraph, m: Match, fp16_as_float32: bool = False) -> None:
         plan, branches, x = m.plan, m.branches, m.partition.source
         first = branches[0].op
         name = m.output.name
@@ -298,13 +300,15 @@ class FuseSplitConv(FusionPass):
                   else quantization_params(scales[:1], zps[:1], 0))
             in_scale = float(x.quant_params()[0][0])
             bscales = np.concatenate([_bias_scales(b, in_scale, r[0]) for b, r in zip(branches, rows)])
-            bq = quantization_params(bscales, np.zeros(len(bscales), np.int64), 0) if per_channel \
-                else quantization_params(bscales[:1], np.zeros(1, np.int64), 0)
+            if per_channel or not np.all(bscales == bscales[0]):
+                bq = quantization_params(bscales, np.zeros(len(bscales), np.int64), 0)
+            else:
+                bq = quantization_params(bscales[:1], np.zeros(1, np.int64), 0)
 
         # ---- filter
         stored = ohwi_to_depthwise(ohwi) if plan.is_depthwise else ohwi
         filt, deq = self._emit(model, sg, f"{name}/filter", stored, branches[0].filter, fq,
-                               [b.filter for b in branches])
+                               [b.filter for b in branches], fp16_as_float32)
 
         # ---- bias (created when absent: the conv kernels require one)
         bias_parts, bias_template = [], next((b.bias for b in branches if b.bias is not None), None)
@@ -321,7 +325,7 @@ class FuseSplitConv(FusionPass):
             bias_template = Weight(Tensor("bias", [0], TensorType.INT32 if quantized else TensorType.FLOAT32),
                                    bias_values)
         bias, bdeq = self._emit(model, sg, f"{name}/bias", bias_values, bias_template, bq,
-                                [b.bias for b in branches if b.bias is not None])
+                                [b.bias for b in branches if b.bias is not None], fp16_as_float32)
 
         # ---- the conv
         o = first.options
@@ -351,34 +355,38 @@ class FuseSplitConv(FusionPass):
         # no old one can go (shared with ops outside the pattern) does it ride
         # along with the conv (a slower insert).
         branch_ops = {b.op for b in branches}
+        observed = set(sg.outputs) | signature_outputs(model, sg)
         pending = []
         for new_deq, weights in ((deq, [b.filter for b in branches]),
                                  (bdeq, [b.bias for b in branches if b.bias is not None])):
             olds = list(dict.fromkeys(
                 w.dequantize for w in weights if w.dequantize is not None
                 and all(u in branch_ops for u in sg.consumers(w.dequantize.outputs[0]))
-                and w.dequantize.outputs[0] not in sg.outputs))
-            if new_deq is None:
-                continue
-            if olds:
+                and w.dequantize.outputs[0] not in observed))
+            if new_deq is None:  # float32 storage: the old ones just go
+                for d in olds:
+                    sg.remove_operator(d)
+            elif olds:
                 sg.replace(olds, new_deq)
             else:
                 pending.append(new_deq)
         sg.replace(old, pending + [conv])
 
     def _emit(self, model: Model, sg: Subgraph, name: str, values: np.ndarray, like: Weight,
-              quantization, sources: list[Weight]) -> tuple[Tensor, Operator | None]:
-        """A new constant holding ``values`` stored like ``like`` (float16
-        behind a new DEQUANTIZE when the branches stored it so)."""
-        const = model.new_constant(sg, name, values, like.tensor.dtype, quantization)
+              quantization, sources: list[Weight], fp16_as_float32: bool) -> tuple[Tensor, Operator | None]:
+        """A new constant holding ``values`` stored like ``like``: float16
+        behind a new DEQUANTIZE when the branches stored it so (merging moves
+        values, it never rounds them), unless the user asked for float32."""
         deq_src = next((w.dequantize for w in sources if w.dequantize is not None), None)
+        if deq_src is not None and fp16_as_float32:
+            return model.new_constant(sg, name, values.astype(np.float32), TensorType.FLOAT32), None
+        const = model.new_constant(sg, name, values, like.tensor.dtype, quantization)
         if deq_src is None:
             return const, None
         out = sg.add_tensor(Tensor(name=f"{name}/dequantize", shape=list(values.shape),
                                    dtype=TensorType.FLOAT32))
         op = Operator(model.opcode(Op.DEQUANTIZE, deq_src.opcode.version), [const], [out])
         return out, op
-
 
 
 def depthwise_version(dtype: int, options, floor: int = 1) -> int:
@@ -397,14 +405,6 @@ _NOOP = _NoOp()
 
 
 # ------------------------------------------------------------ quantization
-
-
-def same_quant(a: Tensor, b: Tensor) -> bool:
-    """Both float, or both quantized with the very same parameters."""
-    qa, qb = a.quant_params(), b.quant_params()
-    if qa is None or qb is None:
-        return qa is None and qb is None
-    return (len(qa[0]) == len(qb[0]) and np.array_equal(qa[0], qb[0]) and np.array_equal(qa[1], qb[1]))
 
 
 def _filter_rows(b: Branch, op: Operator) -> tuple[np.ndarray, np.ndarray] | None:

@@ -4,8 +4,12 @@ on the same inputs and compare every output of every signature.
 An output passes when ``|a - b| <= atol + rtol * |a|`` elementwise, ``a`` being
 the original's value. Integer outputs of quantized models pass within
 ``quant_steps`` steps (default one: a requantised clamp may round the other
-way). The defaults (``atol=1e-5``, ``rtol=1e-5``) are what a float32 fold can
-promise: folding re-associates a handful of multiplies and adds per output.
+way). The defaults (``atol=1e-4``, ``rtol=1e-4``) are what float32 folding can
+promise on deep networks: each fold re-associates a multiply and an add per
+output, and the rounding differences compound layer after layer (measured: a
+MobileNetV2 with 52 folded batch-norms and 17 re-assembled depthwise convs
+differs by up to 1.2e-5 absolute on outputs of magnitude ~0.02). A wrong fold
+is off by orders of magnitude more; single-layer tests pin 1e-5.
 
 Models are loaded from a file path when we have one (the interpreter mmaps it,
 no copy) and from bytes otherwise. Inputs are seeded random unless the user
@@ -27,8 +31,8 @@ import numpy as np
 
 from .errors import BadModelError, UsageError
 
-DEFAULT_ATOL = 1e-5
-DEFAULT_RTOL = 1e-5
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4
 DEFAULT_RUNS = 3
 DEFAULT_INPUT_RANGE = (-1.0, 1.0)
 

@@ -1,0 +1,116 @@
+"""The committed fixture corpus agrees with its manifest.
+
+Cheap checks only (no torch, no TensorFlow): every listed file exists, parses
+with ``tflite_fuser.load``, has the op counts and patterns the manifest says,
+and runs in the LiteRT interpreter. ``fixtures/make_fixtures.py`` regenerates
+both the files and the manifest; a failure here means one was changed without
+the other.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import tflite_fuser
+from conftest import FIXTURES
+
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+ENTRIES = MANIFEST["fixtures"]
+BY_NAME = {e["name"]: e for e in ENTRIES}
+
+
+def _patterns():
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        import patterns
+    finally:
+        sys.path.remove(str(FIXTURES))
+    return patterns
+
+
+def _present(entry) -> bool:
+    path = FIXTURES / entry["file"]
+    if not path.exists():
+        if entry["committed"]:
+            pytest.fail(f"{entry['file']} is listed as committed but missing")
+        pytest.skip(f"{entry['file']} is not committed (regenerate with fixtures/make_fixtures.py)")
+    return True
+
+
+def _ids(entries):
+    return [e["name"] for e in entries]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=_ids(ENTRIES))
+def test_fixture_matches_manifest(entry):
+    _present(entry)
+    model = tflite_fuser.load(FIXTURES / entry["file"])
+    assert model.op_counts() == entry["op_counts"]
+    assert model.num_operators() == entry["num_operators"]
+    assert [s.key for s in model.signature_defs] == entry["signatures"]
+    assert _patterns().detect(model) == entry["patterns"]
+    assert (FIXTURES / entry["file"]).stat().st_size == entry["size_bytes"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=_ids(ENTRIES))
+def test_fixture_runs_in_interpreter(entry):
+    from ai_edge_litert.interpreter import Interpreter
+
+    _present(entry)
+    interp = Interpreter(model_path=str(FIXTURES / entry["file"]))
+    interp.allocate_tensors()
+    details = interp.get_input_details()
+    assert [(d["name"], [int(v) for v in d["shape"]], np.dtype(d["dtype"]).name) for d in details] == \
+        [(i["name"], i["shape"], i["dtype"]) for i in entry["inputs"]]
+    rng = np.random.default_rng(0)
+    for d in details:
+        if np.issubdtype(d["dtype"], np.floating):
+            x = rng.uniform(-1, 1, d["shape"]).astype(d["dtype"])
+        else:
+            x = rng.integers(-128, 128, d["shape"]).astype(d["dtype"])
+        interp.set_tensor(d["index"], x)
+    interp.invoke()
+    for d in interp.get_output_details():
+        y = interp.get_tensor(d["index"])
+        if np.issubdtype(y.dtype, np.floating):
+            assert np.isfinite(y).all()
+
+
+def test_every_ideal_counterpart_is_a_listed_fixture():
+    for e in ENTRIES:
+        if e["ideal"] is not None:
+            ideal = e["ideal"][:-len(".tflite")]
+            assert ideal in BY_NAME, f"{e['name']}: ideal {e['ideal']} not in the manifest"
+            assert BY_NAME[ideal]["route"] == "ideal"
+
+
+def test_every_module_has_each_route():
+    by_route: dict[str, set] = {}
+    for e in ENTRIES:
+        if e["route"] in ("tf", "naive", "ideal", "litert_torch"):
+            by_route.setdefault(e["route"], set()).add(e["module"])
+    assert by_route["tf"] == by_route["naive"] == by_route["ideal"] == by_route["litert_torch"]
+    assert {"net1", "net2", "net3", "resnet18", "mobilenetv2", "resnext", "fc_head"} <= by_route["tf"]
+
+
+def test_pytorch_parity_was_within_tolerance_where_required():
+    rtol = MANIFEST["parity_rtol"]
+    for e in ENTRIES:
+        if e["parity_required"]:
+            assert e["max_rel_error_vs_torch"] is not None and e["max_rel_error_vs_torch"] <= rtol, e["name"]
+    assert all(e["parity_required"] for e in ENTRIES if e["route"] in ("tf", "naive"))
+
+
+def test_uncommitted_fixtures_are_ignored_by_git():
+    ignored = set((FIXTURES / ".gitignore").read_text().split())
+    for e in ENTRIES:
+        assert (f"/{e['file']}" in ignored) == (not e["committed"]), e["name"]
+
+
+def test_committed_corpus_stays_small():
+    total = sum(e["size_bytes"] for e in ENTRIES if e["committed"])
+    assert total < 16 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"

@@ -52,6 +52,10 @@ def diff(a: Any, b: Any, path: str = "model") -> Iterator[str]:
         for i, (x, y) in enumerate(zip(a, b)):
             yield from diff(x, y, f"{path}[{i}]")
         return
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in a.keys() | b.keys():
+            yield from diff(a.get(k), b.get(k), f"{path}.{k}")
+        return
     if hasattr(a, "__dict__") and hasattr(b, "__dict__"):
         if type(a) is not type(b):
             yield f"{path}: {type(a).__name__} != {type(b).__name__}"

@@ -142,6 +142,7 @@ class ModelBuilder:
         shape_t = self.const(np.asarray(out_shape, np.int32), "output_shape")
         opts = fb.TransposeConvOptionsT(padding=_PAD[padding], strideW=sw, strideH=sh,
                                         fusedActivationFunction=_ACT[activation])
+        kw.setdefault("dtype", x.dtype)  # not the int32 of output_shape, the first input
         return self.op(Op.TRANSPOSE_CONV, [shape_t, self._as_tensor(w), x, b], [list(out_shape)], opts,
                        BuiltinOptions.TransposeConvOptions, version=kw.pop("version", 3), **kw)[0]
 
@@ -256,3 +257,13 @@ class ModelBuilder:
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def quantization(scale, zero_point=0, axis: int = 0):
+    """Quantization parameters for :meth:`ModelBuilder.const`/``input``/op
+    outputs: one scale (per tensor) or one per slice along ``axis`` (per
+    channel), zero points broadcast to match."""
+    s = np.atleast_1d(np.asarray(scale, np.float64))
+    zp = np.broadcast_to(np.asarray(zero_point, np.int64), s.shape)
+    return fb.QuantizationParametersT(scale=[float(v) for v in s], zeroPoint=[int(v) for v in zp],
+                                      quantizedDimension=axis)

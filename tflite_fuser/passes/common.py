@@ -248,3 +248,17 @@ def with_inputs(op: Operator, changes: dict[int, Tensor]) -> list[Tensor | None]
     for i, t in changes.items():
         ins[i] = t
     return ins
+
+
+def drop_dead_dequantize(model: Model, sg: Subgraph, tensors) -> None:
+    """Remove the DEQUANTIZE ops producing ``tensors`` (constants of ops a
+    rewrite just removed, e.g. a float16 MUL operand) once nothing reads
+    their output: dead code the rewrite created."""
+    for t in tensors:
+        if t is None or t.is_constant:
+            continue
+        p = sg.producer(t)
+        if (p is not None and p.code == Op.DEQUANTIZE and not sg.consumers(t) and t not in sg.outputs
+                and t not in signature_outputs(model, sg) and p.inputs and p.inputs[0] is not None
+                and p.inputs[0].is_constant):
+            sg.remove_operator(p)

@@ -62,3 +62,14 @@ def test_verify_runs_every_signature():
     data = models.rich_metadata()
     result = verify(data, data, runs=1)
     assert result.ok and [(o.signature, o.name) for o in result.outputs] == [("serving_default", "probs")]
+
+
+def test_range_atol_scales_the_absolute_tolerance_by_the_output_magnitude():
+    """Cancellation: an element near zero in an output of magnitude 1e3 is off
+    by float rounding of the large terms; elementwise it fails, by range it passes."""
+    a = np.array([1000.0, 1e-6, -800.0], np.float32)
+    b = a + np.array([0.0, 5e-3, 0.0], np.float32)
+    assert not _compare("", "y", a, b, 1e-4, 1e-4, 1).ok
+    check = _compare("", "y", a, b, 1e-4, 1e-4, 1, range_atol=True)
+    assert check.ok and check.max_abs_reference == pytest.approx(1000.0)
+    assert not _compare("", "y", a, a + np.array([0, 0.2, 0], np.float32), 1e-4, 1e-4, 1, range_atol=True).ok

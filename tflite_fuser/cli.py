@@ -64,6 +64,9 @@ def _fuse_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-verify", action="store_true", help="do not run the interpreter (not recommended)")
     v.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
     v.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+    v.add_argument("--range-atol", action="store_true",
+                   help="measure --atol in units of each output's largest magnitude, for outputs with a "
+                        "wide dynamic range (cancellation near zero defeats an elementwise bound)")
     v.add_argument("--runs", type=int, default=DEFAULT_RUNS,
                    help=f"random input sets to try (default {DEFAULT_RUNS})")
     v.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
@@ -196,7 +199,8 @@ def _fuse(args: argparse.Namespace) -> int:
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose and not args.quiet else None
     try:
         result = fuse(args.input, args.output, passes=passes, disable=_csv(args.disable),
-                      verify_output=not args.no_verify, atol=args.atol, rtol=args.rtol, runs=args.runs,
+                      verify_output=not args.no_verify, atol=args.atol, rtol=args.rtol,
+                      range_atol=args.range_atol, runs=args.runs,
                       seed=args.seed, inputs=inputs, input_range=_parse_range(args.input_range),
                       input_shapes=_parse_shapes(args.input_shape), xnnpack=args.xnnpack,
                       verify_timeout=args.verify_timeout, force=args.force,

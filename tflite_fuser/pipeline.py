@@ -102,6 +102,7 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
          passes: Sequence[str] | str | None = None, disable: Sequence[str] = (),
          verify_output: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
          runs: int = DEFAULT_RUNS, seed: int = 0, inputs: Mapping[str, Any] | None = None,
+         range_atol: bool = False,
          input_range=DEFAULT_INPUT_RANGE, input_shapes: Mapping[str, Sequence[int]] | None = None,
          xnnpack: bool = False, isolate: bool = True, verify_timeout: float | None = DEFAULT_TIMEOUT,
          force: bool = False, in_place: bool = False, backup: bool = True,
@@ -147,7 +148,7 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
             original = src if is_path else bytes(buf)
             candidate = tmp if tmp is not None else chunks.tobytes()
             check = dict(atol=atol, rtol=rtol, runs=runs, seed=seed, inputs=inputs, input_range=input_range,
-                         input_shapes=input_shapes, xnnpack=xnnpack)
+                         input_shapes=input_shapes, xnnpack=xnnpack, range_atol=range_atol)
             if isolate:
                 verification = verify_isolated(original, candidate, timeout=verify_timeout, progress=say,
                                                **check)

@@ -66,9 +66,12 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
             for o in v["outputs"]:
                 sig = f"{o['signature']}/" if o["signature"] else ""
                 err = ("not comparable" if o["max_abs_error"] is None
-                       else f"abs {o['max_abs_error']:.3g} rel {o['max_rel_error']:.3g}")
+                       else f"abs {o['max_abs_error']:.3g} rel {o['max_rel_error']:.3g} "
+                            f"on values up to {o['max_abs_reference']:.3g}")
+                overflow = (f"; the original itself gives {o['nonfinite_reference']} NaN/inf values"
+                            if o["nonfinite_reference"] else "")
                 lines.append(f"    {'ok ' if o['ok'] else 'BAD'} {sig}{o['name']} {o['dtype']}{o['shape']}: "
-                             f"{err} ({o['tolerance']})")
+                             f"{err} ({o['tolerance']}){overflow}")
         if v["message"]:
             lines.append(f"  {v['message']}")
     if report["written"]:

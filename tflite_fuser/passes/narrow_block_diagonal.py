@@ -13,7 +13,8 @@ Pattern::
   * G = Cin blocks (each output reads one input channel, Cout = M*Cin)
         => ``DEPTHWISE_CONV_2D`` with depth_multiplier M, filter ``[1,kh,kw,Cout]``;
   * 1 < G < Cin blocks => grouped ``CONV_2D`` with filter ``[Cout,kh,kw,Cin/G]``
-        (op version 6, float32 and int8 only: what the interpreter is pinned to run).
+        (op version 6; float32 only: int8 grouped rounds differently, see
+        ``fuse_split_conv.quantized_rewrite_refused``).
 
 Preconditions:
 
@@ -23,8 +24,9 @@ Preconditions:
   2. Exact zeros only: an entry counts as zero when its stored value equals
      the filter's zero point (0 for floats). The largest G that makes the
      filter block diagonal is used.
-  3. Float32 or int8/uint8 activations with filters of the same kind (no
-     hybrid models); per-channel filter parameters must run along the output
+  3. Float32 activations with float32 (or float16) filters, or int8 with int8
+     filters narrowed to a depthwise conv (bit-exact); no hybrid, uint8 or
+     int16 models. Per-channel filter parameters must run along the output
      axis, and carry over unchanged (to axis 3 for a depthwise filter).
 
 The pass walks each CONV_2D once and reads each filter once: linear.
@@ -42,7 +44,8 @@ from ..schema import BuiltinOperator as Op
 from ..schema import BuiltinOptions, TensorType, fb, type_name
 from .base import FusionPass, PassContext
 from .channel_split import weight
-from .fuse_split_conv import GROUPED_CONV_VERSION, depthwise_version, quantization_params
+from .fuse_split_conv import (GROUPED_CONV_VERSION, depthwise_version, quantization_params,
+                              quantized_rewrite_refused)
 
 _QUANTIZED = (TensorType.INT8, TensorType.UINT8)
 
@@ -91,9 +94,9 @@ class NarrowBlockDiagonalConv(FusionPass):
         if bias is None:
             return f"block diagonal ({groups} groups) but the conv has no bias"
         depthwise = groups == cin
-        if not depthwise and x.dtype not in (TensorType.FLOAT32, TensorType.INT8):
-            return (f"block diagonal ({groups} groups) but grouped CONV_2D on {type_name(x.dtype)} "
-                    "is not pinned on the interpreter")
+        why = quantized_rewrite_refused(x.dtype, depthwise)
+        if why:
+            return f"block diagonal ({groups} groups) but {why}"
 
         o = op.options
         narrowed = narrow_filter(w.values, groups)

@@ -311,18 +311,20 @@ def test_fold_that_would_overflow_float32_is_refused(w):
 # ------------------------------------------------------------ float16 weights
 
 
-def fp16_model(w, share_dequantize=False):
-    """Conv -> MUL -> ADD -> RELU with every float constant stored as float16
-    behind DEQUANTIZE, as TF's float16 quantization (and the naive fp16
-    converter) store them."""
+def fp16_model(w, scale=None, shift=None, share_dequantize=False):
+    """Conv -> MUL -> (ADD) -> RELU with every float constant stored as
+    float16 behind DEQUANTIZE, as TF's float16 quantization (and the naive
+    fp16 converter) store them."""
     r = np.random.default_rng(9)
     b = ModelBuilder()
     x = b.input("x", [1, 6, 6, 4])
     f16 = lambda a: b.dequantize(b.const(np.asarray(a, np.float16)))  # noqa: E731
     wt = f16(w)
     y = b.conv2d(x, wt, f16(r.normal(size=8)))
-    y = b.relu(b.add(b.mul(y, f16(r.uniform(0.5, 2, 8))), f16(r.normal(size=8))))
-    outs = [y]
+    y = b.mul(y, f16(r.uniform(0.5, 2, 8) if scale is None else scale))
+    if shift is not False:
+        y = b.add(y, f16(r.normal(size=8) if shift is None else shift))
+    outs = [b.relu(y)]
     if share_dequantize:
         outs.append(b.conv2d(x, wt, f16(np.zeros(8))))
     b.output(*outs)
@@ -333,27 +335,54 @@ def fp16_tensors(result):
     return [t for t in result.model.main.tensors if t.dtype == TensorType.FLOAT16 and t.is_constant]
 
 
-def test_fp16_weights_are_folded_and_stored_back_as_fp16(w):
-    data = fp16_model(w)
-    # Re-rounding folded weights to float16 moves outputs by ~2^-11 relative:
-    # the float16 grid, not 1e-5, is what this mode can promise.
-    result = fuse_and_check(data, rtol=2e-3, atol=2e-3)
+POW2 = np.array([0.5, 2, 4, 0.25, 1, 8, 0.125, 2], np.float32)  # float16 * 2^k is exact
+
+
+def test_fp16_weights_fold_into_fp16_when_the_result_is_exactly_representable(w):
+    result = fuse_and_check(fp16_model(w, POW2, shift=False), rtol=1e-5, atol=1e-5)
     assert op_counts(result) == {"CONV_2D": 1, "DEQUANTIZE": 2}
     (conv,) = ops_of(result, Op.CONV_2D)
     assert conv.options.fusedActivationFunction == Act.RELU
     assert sorted(t.shape[0] for t in fp16_tensors(result)) == [8, 8]  # filter [8,3,3,4] and bias [8]
     assert result.report["output"]["bytes"] <= result.report["input"]["bytes"]
+    assert result.verification.max_abs_error == 0
+
+
+def test_fp16_weights_are_not_re_rounded_by_default(w):
+    result = fuse_and_check(fp16_model(w))
+    assert op_counts(result) == {"ADD": 1, "CONV_2D": 1, "DEQUANTIZE": 4, "MUL": 1}  # RELU went into the ADD
+    assert any("not representable in float16" in r and "--fp16-weights float32" in r for r in reasons(result))
 
 
 def test_fp16_weights_become_float32_on_request_and_then_verify_tightly(w):
-    result = fuse_and_check(fp16_model(w), fp16_weights="float32")
+    result = fuse_and_check(fp16_model(w), fp16_weights="float32", rtol=1e-5, atol=1e-5)
     assert op_counts(result) == {"CONV_2D": 1}
     (conv,) = ops_of(result, Op.CONV_2D)
     assert conv.inputs[1].dtype == TensorType.FLOAT32 and conv.inputs[1].is_constant
 
 
+def test_fp16_re_rounding_when_allowed_stays_within_the_float16_grid(w):
+    """The opt-in a pipeline with a float16-aware tolerance can use: fold,
+    store float16 again, and verify within the float16 grid (2^-11)."""
+    from tflite_fuser.passes import PassOptions
+    from tflite_fuser.pipeline import load, run_passes
+    from tflite_fuser.verifier import verify
+    from tflite_fuser.writer import write_model
+
+    data = fp16_model(w)
+    model = load(data)
+    options = PassOptions()
+    options.fp16_reround = True
+    run_passes(model, options=options)
+    assert model.op_counts() == {"CONV_2D": 1, "DEQUANTIZE": 2}
+    out = write_model(model)
+    assert len(out) <= len(data)
+    assert verify(data, out, rtol=2e-3, atol=2e-3, runs=2).ok
+
+
 def test_fp16_dequantize_shared_with_another_conv_stays_for_it(w):
-    result = fuse_and_check(fp16_model(w, share_dequantize=True), rtol=2e-3, atol=2e-3)
+    result = fuse_and_check(fp16_model(w, POW2, shift=False, share_dequantize=True), rtol=1e-5, atol=1e-5)
+    # the shared filter DEQUANTIZE stays for the second conv, a new one feeds the first
     assert op_counts(result) == {"CONV_2D": 2, "DEQUANTIZE": 4}
     filters = [op.inputs[1] for op in ops_of(result, Op.CONV_2D)]
     assert filters[0] is not filters[1]
@@ -363,7 +392,7 @@ def test_fp16_overflow_is_refused_unless_float32_storage_is_asked_for(w):
     b = ModelBuilder()
     x = b.input("x", [1, 6, 6, 4])
     y = b.conv2d(x, b.dequantize(b.const((w * 100).astype(np.float16))))
-    b.output(b.mul(y, np.full(8, 1000.0, np.float32)))
+    b.output(b.mul(y, np.full(8, 1024.0, np.float32)))
     data = b.to_bytes()
     kept = fuse_and_check(data)
     assert op_counts(kept) == {"CONV_2D": 1, "DEQUANTIZE": 1, "MUL": 1}

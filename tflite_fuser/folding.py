@@ -233,12 +233,14 @@ def pad_equals_same(size: int | None, pads: tuple[int, int], kernel: int, stride
 # ------------------------------------------------------------------- rounding
 
 
-def round_once(values: np.ndarray, dtype, what: str) -> np.ndarray:
+def round_once(values: np.ndarray, dtype, what: str, exact: bool = False) -> np.ndarray:
     """``values`` (float64) rounded once to ``dtype`` for storage.
 
     Raises FoldError when a value is not finite or does not fit ``dtype``
     (float16 tops out at 65504): the fold would make the model compute
-    ``inf`` where it computed a number.
+    ``inf`` where it computed a number. With ``exact``, also when rounding
+    would change a value (used for float16 weights, whose re-rounding moves
+    outputs by up to 2^-11 relative, far beyond a float32 fold's error).
     """
     v = np.asarray(values, np.float64)
     dt = np.dtype(dtype)
@@ -251,4 +253,8 @@ def round_once(values: np.ndarray, dtype, what: str) -> np.ndarray:
     out = v.astype(dt)
     if not np.all(np.isfinite(out)):  # rounding up to the next binade past max
         raise FoldError(f"folded {what} would overflow {dt.name}")
+    if exact and np.any(out.astype(np.float64) != v):
+        raise FoldError(f"folded {what} is not representable in {dt.name}: storing it would re-round the "
+                        f"weights (up to 2^-{np.finfo(dt).nmant + 1} relative), more than the verifier's float "
+                        f"tolerance allows; fp16_weights='float32' (--fp16-weights float32) folds into float32")
     return out

@@ -195,11 +195,11 @@ class FoldAffine(FusionPass):
         keep_filter, zero_shift = folding.is_identity(scale, shift)
         new_w, new_b = folding.fold_output_affine(kind, w.values(), None if b is None else b.values(),
                                                   scale, shift)
-        writer = WeightWriter(model, sg, op, ctx.options.fp16_weights)
+        writer = WeightWriter(model, sg, op, ctx.options)
         # Round everything before touching the graph: a refusal leaves no trace.
-        w_arr = None if keep_filter else folding.round_once(new_w, writer.storage_dtype(w), "filter")
+        w_arr = None if keep_filter else writer.round(new_w, w, "filter")
         keep_bias = keep_filter and zero_shift and b is not None
-        b_arr = None if keep_bias else folding.round_once(new_b, writer.storage_dtype(b), "bias")
+        b_arr = None if keep_bias else writer.round(new_b, b, "bias")
 
         out = chain[-1].outputs[0]
         changes = {}

@@ -153,7 +153,9 @@ class FoldInputAffine(FusionPass):
             raise FoldError(f"{name} input is not float32")
         if list(data.shape) != list(cur.shape):
             raise FoldError(f"the constant broadcasts {list(data.shape)} to {list(cur.shape)}")
-        const = float_constant(sg, p.inputs[c_idx])[0]
+        const, why = float_constant(sg, p.inputs[c_idx])
+        if const is None:
+            raise FoldError(f"{name} constant {why}")
         vec = folding.channel_vector(const.values(), cin, len(cur.shape))
         step = folding.compose(np.ones(cin), np.zeros(cin), AFFINE[p.code], vec, const_first=c_idx == 0)
         return data, step
@@ -169,13 +171,13 @@ class FoldInputAffine(FusionPass):
         scale, shift = comp
         keep_filter, zero_shift = folding.is_identity(scale, shift)
         wv = w.values()
-        writer = WeightWriter(model, sg, op, ctx.options.fp16_weights)
-        w_arr = None if keep_filter else folding.round_once(
-            folding.scale_input_channels(kind, wv, scale, cin), writer.storage_dtype(w), "filter")
+        writer = WeightWriter(model, sg, op, ctx.options)
+        w_arr = None if keep_filter else writer.round(folding.scale_input_channels(kind, wv, scale, cin), w,
+                                                      "filter")
         b_arr = None
         if not zero_shift:
             new_b = folding.input_shift_bias(kind, wv, None if b is None else b.values(), shift, cin)
-            b_arr = folding.round_once(new_b, writer.storage_dtype(b), "bias")
+            b_arr = writer.round(new_b, b, "bias")
 
         changes = {di: x0}
         if w_arr is not None:
@@ -195,11 +197,13 @@ class FoldInputAffine(FusionPass):
 
 
 def _constant_operand(sg: Subgraph, p: Operator) -> int | None:
-    """Index of the one float-constant operand of a binary op (None if there is
-    not exactly one)."""
+    """Index of the one constant operand of a binary op (a constant tensor,
+    quantized or not, or a float16 constant behind DEQUANTIZE); None if there
+    is not exactly one."""
     if len(p.inputs) != 2:
         return None
-    const = [i for i, t in enumerate(p.inputs) if t is not None and float_constant(sg, t)[0] is not None]
+    const = [i for i, t in enumerate(p.inputs)
+             if t is not None and (t.is_constant or float_constant(sg, t)[0] is not None)]
     return const[0] if len(const) == 1 else None
 
 

@@ -586,6 +586,24 @@ def test_uint8_lowered_depthwise_is_left_alone(rng):
                       "uint8: the interpreter's uint8 CONV_2D and DEPTHWISE_CONV_2D round differently")
 
 
+def test_int8_pieces_with_their_own_parameters_are_left_alone(rng):
+    """A piece whose parameters differ from its source: each branch reads its
+    bytes on another scale, which one depthwise conv cannot."""
+    in_q, out_q = (0.03, -5), (0.04, 3)
+    b = ModelBuilder()
+    x = b.input("x", [1, 8, 8, 2], TensorType.INT8, qparams(*in_q))
+    pieces = b.split(x, 2, quantization=qparams(*in_q))
+    pieces[1].quantization = qparams(0.06, -5)
+    ys = []
+    for p in pieces:
+        s_in = p.quant_params()[0][0]
+        w = b.const(rng.integers(-127, 128, (1, 3, 3, 1)).astype(np.int8), "w", TensorType.INT8, qparams(0.01, 0))
+        bias = b.const(np.zeros(1, np.int32), "b", TensorType.INT32, qparams(s_in * 0.01, 0))
+        ys.append(b.conv2d(p, w, bias, version=3, quantization=qparams(*out_q)))
+    b.output(b.concat(ys, quantization=qparams(*out_q)))
+    assert_left_alone(b.to_bytes(), "a piece is requantized by the split")
+
+
 def test_uint8_branches_with_different_filter_scales_are_left_alone(rng):
     in_q, out_q = (0.03, 128), (0.04, 120)
     b = ModelBuilder()

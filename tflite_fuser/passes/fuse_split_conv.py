@@ -28,11 +28,12 @@ Preconditions (each failure is a ``ctx.skip`` with the reason):
      per group (so unequal pieces only pass for depthwise branches).
   5. Filters and biases are constants, stored the same way in every branch
      (float32, float16 behind DEQUANTIZE, or quantized integers).
-  6. Quantized (int8/uint8) branches: every piece has its source's parameters,
-     every branch output has the concatenation's parameters, and filters merge
-     exactly: identical per-tensor parameters stay per-tensor; differing int8
-     scales with zero points 0 become per-channel scales in channel order.
-     Hybrid (float activations, integer filters) and int16 models are left alone.
+  6. Quantized branches: every piece has its source's parameters (the split
+     requantizes nothing), every branch output has the concatenation's, and
+     filters merge exactly: identical per-tensor parameters stay per-tensor;
+     differing int8 scales with zero points 0 become per-channel scales in
+     channel order. Hybrid (float activations, integer filters) and int16
+     models are left alone.
   7. Quantized rewrites only where the interpreter gives the very same bytes:
      int8 -> DEPTHWISE_CONV_2D. int8 grouped and all uint8 are left alone (their
      kernels round one step differently, which compounds over layers; see
@@ -130,8 +131,7 @@ class FuseSplitConv(FusionPass):
         producers = [sg.producer(t) if t is not None else None for t in ins]
         # A candidate: some input is a conv of a sliced tensor. Anything else
         # (inception-style concatenations, ...) is not ours and stays silent.
-        if not any(p is not None and p.code in BRANCH_OPS and p.inputs and p.inputs[0] is not None
-                   and (sg.producer(p.inputs[0]) or _NOOP).code in SLICING_OPS for p in producers):
+        if not any(_conv_of_a_slice(sg, p) for p in producers):
             return None
         out = cat.outputs[0] if len(cat.outputs) == 1 else None
         if out is None or len(out.shape) != 4:
@@ -422,11 +422,11 @@ def depthwise_version(dtype: int, options, floor: int = 1) -> int:
     return max(v, floor)
 
 
-class _NoOp:
-    code = -1
-
-
-_NOOP = _NoOp()
+def _conv_of_a_slice(sg: Subgraph, op: Operator | None) -> bool:
+    if op is None or op.code not in BRANCH_OPS or not op.inputs or op.inputs[0] is None:
+        return False
+    src = sg.producer(op.inputs[0])
+    return src is not None and src.code in SLICING_OPS
 
 
 # ------------------------------------------------------------ quantization

@@ -32,7 +32,9 @@ Preconditions (each failure is reported with ``ctx.skip``):
 - filter and bias are float constants and the tensors float32, not quantized
   (in int8 the MUL requantizes its output, and that rounding cannot move into
   the weights exactly);
-- the folded weights are finite and fit their storage type.
+- the folded weights are finite and fit their storage type (float16 weights
+  behind DEQUANTIZE: as for fold-affine, stored back as float16 only when
+  exact, or as float32 with ``fp16_weights="float32"``).
 
 When the chain's input ``x0`` is itself the output of a convolution that
 fold-affine can extend, the chain is left to fold-affine: folding it into the
@@ -53,7 +55,7 @@ from .base import FusionPass, PassContext
 from .common import (CONV_KIND, WeightWriter, clone_op, conv_input, conv_slots, drop_dead_dequantize,
                      float_constant, fused_activation, has_no_activation, opcode_at_least, why_not_removable,
                      with_inputs)
-from .fold_affine import AFFINE, transpose_conv_version
+from .fold_affine import AFFINE, FoldAffine, transpose_conv_version
 
 
 class FoldInputAffine(FusionPass):
@@ -235,15 +237,10 @@ def _shift_allowed(op: Operator, x: Tensor) -> tuple[bool, str]:
 
 
 def _output_side_can_take(model: Model, sg: Subgraph, data: Tensor, p: Operator) -> bool:
-    """``data`` (the chain's input) comes from a float conv with no activation
-    that reads it to ``p`` alone: fold-affine will absorb the chain there."""
+    """``data`` (the chain's input) comes from a conv that fold-affine can
+    extend and that reads it to ``p`` alone: fold-affine will absorb the
+    chain there."""
     prod = sg.producer(data)
-    if prod is None or prod.code not in CONV_KIND or prod.options is None or not has_no_activation(prod):
+    if prod is None or prod.code not in CONV_KIND or why_not_removable(model, sg, data, p):
         return False
-    if data.is_quantized or data.dtype != TensorType.FLOAT32 or why_not_removable(model, sg, data, p):
-        return False
-    _, fi, bi = conv_slots(prod)
-    if float_constant(sg, conv_input(prod, fi))[0] is None:
-        return False
-    b = conv_input(prod, bi)
-    return b is None or float_constant(sg, b)[0] is not None
+    return FoldAffine._op_reason(sg, prod) is None

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from .pagecache import SPILL_BYTES, Backing, release_all, spill
 from .schema import NUMPY_DTYPES, fb, op_name, type_name
 
 
@@ -40,18 +41,35 @@ class Buffer:
 
     data: np.ndarray | None = None
     external: bool = False
+    #: set when ``data`` is a view of a read-only file mapping (the input, or a
+    #: spill file): its pages can then be dropped from memory after use.
+    backing: Backing | None = field(default=None, repr=False)
 
     @property
     def nbytes(self) -> int:
         return 0 if self.data is None else int(self.data.nbytes)
 
+    def release(self) -> None:
+        """Drop this buffer's pages from resident memory (file-backed only)."""
+        if self.backing is not None:
+            self.backing.release()
+
     @staticmethod
     def from_array(array: np.ndarray) -> "Buffer":
-        """A new buffer holding ``array``'s bytes in little-endian C order."""
+        """A new buffer holding ``array``'s bytes in little-endian C order.
+        Large ones are spilled to a temporary file (see :mod:`pagecache`)."""
         arr = np.ascontiguousarray(array)
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        return Buffer(arr.reshape(-1).view(np.uint8))
+        raw = arr.reshape(-1).view(np.uint8)
+        if raw.nbytes >= SPILL_BYTES:
+            return _spilled(raw)
+        return Buffer(raw)
+
+
+def _spilled(raw: np.ndarray) -> Buffer:
+    data, backing = spill(raw)
+    return Buffer(data, backing=backing)
 
 
 @dataclass(eq=False)
@@ -329,6 +347,17 @@ class Model:
     external_buffers: list[Any] | None = None
     #: buffers present but referenced by nothing in the source file (kept as is)
     unreferenced_buffers: set[Buffer] = field(default_factory=set, repr=False)
+    #: the read-only mapping of the source file, when it was read from a path
+    source_mapping: Any = field(default=None, repr=False)
+
+    def release_pages(self) -> None:
+        """Drop weight pages from resident memory; they stay in the page
+        cache and come back on the next read (see :mod:`pagecache`)."""
+        if self.source_mapping is not None:
+            release_all(self.source_mapping)
+        for b in self.buffers:
+            if b.backing is not None and b.backing.mapping is not self.source_mapping:
+                b.release()
 
     @property
     def main(self) -> Subgraph:

@@ -93,6 +93,7 @@ def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable:
             n = p.run(model, ctx)
             counts[p.name] += n
             changed += n
+            model.release_pages()
         if not changed:
             break
     return counts, ctx

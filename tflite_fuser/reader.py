@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import BadModelError
 from .graph import Buffer, Metadata, Model, OpCode, Operator, SignatureDef, Subgraph, Tensor
+from .pagecache import backing_of
 from .schema import FILE_IDENTIFIER, SCHEMA_VERSION, fb
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
@@ -94,6 +95,7 @@ class _Reader:
     def __init__(self, buf: memoryview, label: str):
         self.buf = buf
         self.label = label
+        self.mapping = buf.obj if isinstance(buf.obj, mmap.mmap) else None
         # Each table we walk costs one unit; a real file needs >= 4 bytes per
         # table (its offset), so more units than bytes means shared offsets.
         self.budget = len(buf) // 4 + 1024
@@ -138,6 +140,7 @@ class _Reader:
             subgraphs=subgraphs,
             description=_text(m.Description()),
             buffers=buffers,
+            source_mapping=self.mapping,
         )
         if not m.MetadataBufferIsNone():
             idx = m.MetadataBufferAsNumpy()
@@ -172,10 +175,12 @@ class _Reader:
     def buffer(self, b, i: int) -> Buffer:
         offset, size = b.Offset(), b.Size()
         if offset > 1:
-            return Buffer(self.external_bytes(offset, size, f"buffer {i}"), external=True)
+            data = self.external_bytes(offset, size, f"buffer {i}")
+            return Buffer(data, external=True, backing=backing_of(data, self.mapping))
         if b.DataIsNone() or b.DataLength() == 0:
             return Buffer()
-        return Buffer(b.DataAsNumpy())
+        data = b.DataAsNumpy()
+        return Buffer(data, backing=backing_of(data, self.mapping))
 
     def opcode(self, oc) -> OpCode:
         return OpCode(

@@ -42,21 +42,25 @@ def _enc(s: str) -> bytes:
 
 class _Chunks:
     """The finished model as a list of byte chunks, written without joining them
-    (joining would copy every weight a second time)."""
+    (joining would copy every weight a second time). A chunk that is a
+    buffer's bytes carries the buffer, whose file-backed pages are released
+    once written (see :mod:`pagecache`)."""
 
     def __init__(self, parts: list):
-        self.parts = parts
+        self.parts = [p if isinstance(p, tuple) else (p, None) for p in parts]
 
     @property
     def nbytes(self) -> int:
-        return sum(memoryview(p).nbytes for p in self.parts)
+        return sum(memoryview(p).nbytes for p, _ in self.parts)
 
     def tobytes(self) -> bytes:
-        return b"".join(memoryview(p).cast("B") for p in self.parts)
+        return b"".join(memoryview(p).cast("B") for p, _ in self.parts)
 
     def write_to(self, f) -> None:
-        for p in self.parts:
+        for p, buf in self.parts:
             f.write(memoryview(p).cast("B"))
+            if buf is not None:
+                buf.release()
 
 
 def serialize(model: Model, external: bool | None = None) -> _Chunks:
@@ -77,7 +81,7 @@ def _serialize_inline(model: Model, data: list[Buffer]) -> _Chunks:
         pad = (-(pos + _PREFIX)) % ALIGN
         pos += pad
         refs[b] = -pos  # builder offset of a position ``pos`` bytes past the tables' end
-        tail += [bytes(pad), struct.pack("<I", b.nbytes), b.data]
+        tail += [bytes(pad), struct.pack("<I", b.nbytes), (b.data, b)]
         pos += _PREFIX + b.nbytes
     return _Chunks([_build(model, inline=refs)] + tail)
 
@@ -98,7 +102,7 @@ def _serialize_external(model: Model, data: list[Buffer]) -> _Chunks:
     end = size
     for b in data:
         start = offsets[b][0]
-        parts += [bytes(start - end), b.data]
+        parts += [bytes(start - end), (b.data, b)]
         end = start + b.nbytes
     return _Chunks(parts)
 

@@ -1,0 +1,81 @@
+"""Keep weights in the page cache, not in the process's resident memory.
+
+A 2 GB model fused naively holds the input's weights (touched while folding
+and writing) *and* every folded weight at once: more than twice the model in
+RAM. Two file-backed tricks keep the resident set near one model's worth:
+
+- weights read from the input stay views of its read-only ``mmap``; once a
+  pass or the writer is done with them, ``MADV_DONTNEED`` drops their pages
+  from our resident set (the kernel keeps them cached and re-reads them if we
+  touch them again, so this never changes a byte we see);
+- folded weights above :data:`SPILL_BYTES` are written to an unlinked
+  temporary file and mapped back read-only, so they too live in the page
+  cache until the writer streams them out.
+
+Only file-backed mappings are ever released: ``MADV_DONTNEED`` on anonymous
+memory would zero it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+#: folded arrays at least this large are spilled to a temporary file
+SPILL_BYTES = 16 << 20
+
+
+@dataclass(eq=False)
+class Backing:
+    """Where a buffer's bytes sit in a read-only file mapping."""
+
+    mapping: mmap.mmap
+    offset: int
+    length: int
+
+    def release(self) -> None:
+        release_range(self.mapping, self.offset, self.length)
+
+
+def release_range(mapping: mmap.mmap, offset: int, length: int) -> None:
+    if length <= 0 or mapping.closed:
+        return
+    start = offset - offset % mmap.PAGESIZE
+    end = min(len(mapping), offset + length)
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+    except (OSError, ValueError):  # pragma: no cover - an optimisation only
+        pass
+
+
+def release_all(mapping: mmap.mmap) -> None:
+    release_range(mapping, 0, len(mapping))
+
+
+def backing_of(array: np.ndarray, mapping: mmap.mmap | None) -> Backing | None:
+    """The backing of ``array`` if it is a view into ``mapping``."""
+    if mapping is None or array.nbytes == 0:
+        return None
+    base = np.frombuffer(mapping, np.uint8, 1).ctypes.data
+    offset = array.ctypes.data - base
+    if 0 <= offset and offset + array.nbytes <= len(mapping):
+        return Backing(mapping, offset, array.nbytes)
+    return None
+
+
+def spill(raw: np.ndarray) -> tuple[np.ndarray, Backing | None]:
+    """Copy ``raw`` (uint8) to an unlinked temporary file; return a read-only
+    view of its mapping. The caller drops ``raw``; the bytes then live in the
+    page cache, and in our resident set only while someone reads them."""
+    try:
+        with tempfile.TemporaryFile(prefix="tflite-fuse-", dir=os.environ.get("TFLITE_FUSE_SPILL_DIR")) as f:
+            f.write(memoryview(np.ascontiguousarray(raw)).cast("B"))
+            f.flush()
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError:  # no room for the spill file: keep the bytes in memory
+        return raw, None
+    return np.frombuffer(mapping, np.uint8), Backing(mapping, 0, len(mapping))

@@ -167,3 +167,88 @@ def test_tf_int8_model_with_a_mul_before_the_conv_is_left_alone():
     result = fuse_and_check(conv.convert())
     assert op_counts(result) == {"CONV_2D": 1, "MUL": 1}
     assert any("input is quantized" in r for r in reasons(result, "fold-input-affine"))
+
+
+# -------------------------------------------------- network 1, quantized to int8
+
+
+def quantized_net1(relu_own_range: bool):
+    """PyTorch Conv2d(3,16,3,padding=1) -> BatchNorm2d -> ReLU as an int8
+    converter that folds the batch norm but leaves the ReLU apart would write
+    it: per-channel symmetric int8 weights, int32 bias at s_in*s_w, output
+    ranges calibrated on seeded inputs. The RELU keeps the conv's
+    quantization, or (``relu_own_range``) gets its own calibrated [0, max].
+    Returns (model bytes, module, input quantization)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()).eval()
+    g = torch.Generator().manual_seed(1)
+    bn = module[1]
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(16, generator=g) * 0.5)
+        bn.running_var.copy_(torch.rand(16, generator=g) * 1.5 + 0.5)
+        bn.weight.copy_(torch.rand(16, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(16, generator=g) * 0.5)
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy().astype(np.float64)
+    w = module[0].weight.detach().numpy().astype(np.float64) * scale[:, None, None, None]
+    bias = (module[0].bias.detach().numpy() - bn.running_mean.numpy()) * scale + bn.bias.detach().numpy()
+
+    s_in = 1 / 128
+    calib = np.random.default_rng(5).uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        pre = module[:2](torch.from_numpy(calib)).numpy()
+    lo, hi = min(0.0, float(pre.min())), max(0.0, float(pre.max()))
+    s1 = (hi - lo) / 255
+    q1 = quantization(s1, int(round(-128 - lo / s1)))
+    sw = np.abs(w).max(axis=(1, 2, 3)) / 127
+
+    b = ModelBuilder()
+    x = b.input("x", [1, 32, 32, 3], TensorType.INT8, quantization(s_in, 0))
+    wq = np.round(w / sw[:, None, None, None]).astype(np.int8).transpose(0, 2, 3, 1).copy()
+    wt = b.const(wq, "w", quantization=quantization(sw, 0, 0))
+    bt = b.const(np.round(bias / (s_in * sw)).astype(np.int32), "b", quantization=quantization(s_in * sw, 0, 0))
+    y = b.conv2d(x, wt, bt, padding="SAME", dtype=TensorType.INT8, quantization=q1, version=3)
+    q2 = quantization(hi / 255, -128) if relu_own_range else q1
+    b.output(b.relu(y, quantization=q2))
+    return b.to_bytes(), module, (s_in, s1, hi / 255 if relu_own_range else s1)
+
+
+def test_int8_network_1_with_a_separate_relu_becomes_one_conv_with_relu():
+    data, module, (s_in, _, s_out) = quantized_net1(relu_own_range=False)
+    result = fuse_and_check(data)
+    assert op_counts(result) == {"CONV_2D": 1}
+    (conv,) = ops(result, Op.CONV_2D)
+    assert conv.options.fusedActivationFunction == Act.RELU
+    assert result.verification.max_abs_error == 0  # same quantization: the fused clamp is exact
+
+    # and it still computes network 1: within a few output steps of PyTorch
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    xf = np.random.default_rng(6).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+    xq = np.clip(np.round(xf / s_in), -128, 127).astype(np.int8)
+    it = Interpreter(model_content=result.model_bytes)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], xq)
+    it.invoke()
+    out = it.get_output_details()[0]
+    scale, zp = out["quantization"]
+    got = (it.get_tensor(out["index"]).astype(np.float64) - zp) * scale
+    with torch.no_grad():
+        want = module(torch.from_numpy((xq.astype(np.float32) * s_in).transpose(0, 3, 1, 2))).numpy()
+    assert np.abs(got - want.transpose(0, 2, 3, 1)).max() <= 3 * s_out
+
+
+def test_int8_network_1_relu_with_its_own_calibrated_range_is_refused():
+    """Calibrated like a converter would: conv output [min, max], RELU output
+    [0, max]. Here min < -max, so the conv's scale is 2.016x the RELU's and
+    dropping its rounding can move an output by two steps (forcing the fusion
+    measured exactly that: max error 2 steps on 2 of 3 seeds), so the fusion
+    is refused with that reason."""
+    data, _, (_, s1, s2) = quantized_net1(relu_own_range=True)
+    assert 2 * s2 < s1 < 2.1 * s2
+    result = fuse_and_check(data)
+    assert op_counts(result) == {"CONV_2D": 1, "RELU": 1}
+    assert any("more than twice" in r for r in reasons(result, "fuse-activation"))

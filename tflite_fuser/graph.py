@@ -225,7 +225,9 @@ class Subgraph:
         return self.uses.producer.get(tensor)
 
     def consumers(self, tensor: Tensor) -> list[Operator]:
-        return self.uses.consumers.get(tensor, [])
+        """Operators reading ``tensor``, in the order they were indexed."""
+        users = self.uses.consumers.get(tensor)
+        return list(users) if users else []
 
     def live_operators(self) -> Iterator[Operator]:
         """Operators in order, skipping slots a rewrite emptied but not yet compacted."""
@@ -271,9 +273,9 @@ class Subgraph:
 
     def rewire(self, old: Tensor, new: Tensor) -> None:
         """Make every reader of ``old`` (ops, graph outputs) read ``new``."""
-        for op in list(self.consumers(old)):
+        for op in self.consumers(old):
             op.inputs = [new if t is old else t for t in op.inputs]
-            self.uses.consumers.setdefault(new, []).append(op)
+            self.uses.consumers.setdefault(new, {})[op] = None
         self.uses.consumers.pop(old, None)
         self.outputs = [new if t is old else t for t in self.outputs]
 
@@ -299,7 +301,9 @@ class _UseIndex:
 
     def __init__(self, sg: Subgraph):
         self.producer: dict[Tensor, Operator] = {}
-        self.consumers: dict[Tensor, list[Operator]] = {}
+        # An insertion-ordered set per tensor: removing one reader of a
+        # constant shared by thousands of ops stays O(1).
+        self.consumers: dict[Tensor, dict[Operator, None]] = {}
         self.position: dict[Operator, int] = {}
         for i, op in enumerate(sg.operators):
             if op is not None:
@@ -312,7 +316,7 @@ class _UseIndex:
                 self.producer[t] = op
         for t in dict.fromkeys(op.inputs):
             if t is not None:
-                self.consumers.setdefault(t, []).append(op)
+                self.consumers.setdefault(t, {})[op] = None
 
     def remove(self, op: Operator) -> None:
         del self.position[op]
@@ -323,7 +327,7 @@ class _UseIndex:
             if t is not None:
                 users = self.consumers.get(t)
                 if users is not None:
-                    users[:] = [u for u in users if u is not op]
+                    users.pop(op, None)
 
 
 @dataclass(eq=False)

@@ -348,10 +348,20 @@ def test_fp16_weights_fold_into_fp16_when_the_result_is_exactly_representable(w)
     assert result.verification.max_abs_error == 0
 
 
-def test_fp16_weights_are_not_re_rounded_by_default(w):
-    result = fuse_and_check(fp16_model(w))
+def test_fp16_weights_are_re_rounded_by_default_and_verified_on_the_float16_grid(w):
+    data = fp16_model(w)
+    result = fuse_and_check(data)
+    assert op_counts(result) == {"CONV_2D": 1, "DEQUANTIZE": 2}
+    assert result.report["output"]["bytes"] <= result.report["input"]["bytes"]
+    assert "rounded back to float16" in result.report["notes"][0]
+    assert "(range)" in result.verification.outputs[0].tolerance
+
+
+def test_fp16_weights_exact_mode_folds_only_what_float16_holds(w):
+    result = fuse_and_check(fp16_model(w), fp16_weights="exact")
     assert op_counts(result) == {"ADD": 1, "CONV_2D": 1, "DEQUANTIZE": 4, "MUL": 1}  # RELU went into the ADD
-    assert any("not representable in float16" in r and "--fp16-weights float32" in r for r in reasons(result))
+    assert any("not representable in float16" in r and "float32" in r for r in reasons(result))
+    assert result.report["notes"] == []
 
 
 def test_fp16_weights_become_float32_on_request_and_then_verify_tightly(w):
@@ -371,9 +381,7 @@ def test_fp16_re_rounding_when_allowed_stays_within_the_float16_grid(w):
 
     data = fp16_model(w)
     model = load(data)
-    options = PassOptions()
-    options.fp16_reround = True
-    run_passes(model, options=options)
+    run_passes(model, options=PassOptions(fp16_weights="keep"))
     assert model.op_counts() == {"CONV_2D": 1, "DEQUANTIZE": 2}
     out = write_model(model)
     assert len(out) <= len(data)

@@ -193,7 +193,7 @@ def test_tf_float16_model_folds_into_float16_weights_when_exact():
 
 def test_tf_float16_model_folds_into_float32_weights_on_request():
     data = tf_model("mul", fp16=True)
-    kept = fuse_and_check(data)
+    kept = fuse_and_check(data, fp16_weights="exact")
     assert kept.report["input"]["op_counts"]["MUL"] == op_counts(kept)["MUL"] == 1
     assert any("not representable in float16" in r for r in reasons(kept))
     widened = fuse_and_check(data, fp16_weights="float32", rtol=1e-5, atol=1e-5)

@@ -57,9 +57,10 @@ def _fuse_parser() -> argparse.ArgumentParser:
     g.add_argument("--passes", default="all", metavar="LIST",
                    help="comma-separated passes to run, 'all' (default) or 'none' (a verified round trip)")
     g.add_argument("--disable", default="", metavar="LIST", help="comma-separated passes not to run")
-    g.add_argument("--fp16-weights", choices=("keep", "float32"), default="keep",
-                   help="float16 weights behind DEQUANTIZE: store folded weights back as float16 "
-                        "(keep, default) or as float32")
+    g.add_argument("--fp16-weights", choices=("keep", "exact", "float32"), default="keep",
+                   help="float16 weights behind DEQUANTIZE: fold and round back to float16, same file size, "
+                        "verified on the float16 grid (keep, default); fold only where float16 holds the "
+                        "result exactly (exact); or store folded weights as float32 (float32)")
     v = p.add_argument_group("verification")
     v.add_argument("--no-verify", action="store_true", help="do not run the interpreter (not recommended)")
     v.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")

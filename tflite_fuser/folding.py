@@ -254,7 +254,7 @@ def round_once(values: np.ndarray, dtype, what: str, exact: bool = False) -> np.
     if not np.all(np.isfinite(out)):  # rounding up to the next binade past max
         raise FoldError(f"folded {what} would overflow {dt.name}")
     if exact and np.any(out.astype(np.float64) != v):
-        raise FoldError(f"folded {what} is not representable in {dt.name}: storing it would re-round the "
-                        f"weights (up to 2^-{np.finfo(dt).nmant + 1} relative), more than the verifier's float "
-                        f"tolerance allows; fp16_weights='float32' (--fp16-weights float32) folds into float32")
+        raise FoldError(f"folded {what} is not representable in {dt.name} and --fp16-weights exact forbids "
+                        f"re-rounding it (up to 2^-{np.finfo(dt).nmant + 1} relative); 'keep' re-rounds, "
+                        f"'float32' stores float32")
     return out

@@ -54,6 +54,8 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
             lines.extend(f"    {s['pass']}: {s['op']}: {s['reason']}" for s in report["skipped"])
         else:
             lines.append(f"  left alone: {len(report['skipped'])} candidate(s) (-v says why)")
+    for note in report.get("notes", []):
+        lines.append(f"  note: {note}")
     v = report["verification"]
     if v is None:
         lines.append("  verification: skipped (--no-verify)")

@@ -20,6 +20,9 @@ class Skip:
     subgraph: int
     op: str
     reason: str
+    #: the operator the candidate started at; a skip whose operator a later
+    #: rewrite removed is stale and left out of the final report
+    target: Operator | None = field(default=None, compare=False, hash=False, repr=False)
 
     def __str__(self) -> str:
         where = f"subgraph {self.subgraph}: " if self.subgraph else ""
@@ -30,8 +33,12 @@ class Skip:
 class PassOptions:
     """Knobs a user can turn; every pass reads only what it needs."""
 
-    #: float16 weights behind DEQUANTIZE: "keep" stores folded weights back as
-    #: float16, "float32" stores them as float32 (larger file, no re-rounding).
+    #: float16 weights behind DEQUANTIZE. "keep": fold in float64 and store the
+    #: result back as float16 (same file size; the re-rounding moves outputs by
+    #: up to 2^-11 relative, so verification uses float16-grid tolerances);
+    #: "exact": keep float16 but fold only where the result is exactly
+    #: representable; "float32": store folded weights as float32 (larger file,
+    #: no re-rounding).
     fp16_weights: str = "keep"
 
 
@@ -45,14 +52,22 @@ class PassContext:
     subgraph_index: int = 0
     #: subgraphs no pass may touch (e.g. not topologically sorted)
     frozen: set = field(default_factory=set)
+    #: weight tensors a fold re-rounded to float16 (fp16_weights="keep")
+    fp16_rerounded: int = 0
 
     def skip(self, op: Operator | str, reason: str) -> None:
         """Record that a candidate at ``op`` was left alone, and why."""
-        s = Skip(self.current_pass, self.subgraph_index, describe(op), reason)
+        s = Skip(self.current_pass, self.subgraph_index, describe(op), reason,
+                 op if isinstance(op, Operator) else None)
         if s not in self.skips:
             self.skips[s] = None
             if self.log:
                 self.log(f"skip {s}")
+
+    def standing_skips(self) -> list[Skip]:
+        """Skips whose operator is still in the model (not fused later)."""
+        live = {op for sg in self.model.subgraphs for op in sg.live_operators()}
+        return [s for s in self.skips if s.target is None or s.target in live]
 
     def note(self, message: str) -> None:
         if self.log:

@@ -169,21 +169,21 @@ class WeightWriter:
 
     A FLOAT32 constant becomes a new FLOAT32 constant. A float16 weight behind
     DEQUANTIZE becomes a new FLOAT16 constant behind a DEQUANTIZE (the model
-    keeps its size; only when the folded values are exactly representable,
-    unless ``fp16_reround``) or, with ``fp16_weights == "float32"``, a FLOAT32
-    constant read directly. A DEQUANTIZE only the rewritten op reads is replaced in its
+    keeps its size; re-rounded with ``fp16_weights == "keep"``, which the
+    context counts so verification can use float16-grid tolerances, and only
+    when exactly representable with ``"exact"``) or, with ``"float32"``, a
+    FLOAT32 constant read directly. A DEQUANTIZE only the rewritten op reads is replaced in its
     own slot (or dropped); one that others read too is left to them and a new
     DEQUANTIZE is placed just before the new op. New buffers always: an old
     buffer may be shared.
     """
 
-    def __init__(self, model: Model, sg: Subgraph, reader: Operator, options=None):
-        self.model, self.sg, self.reader = model, sg, reader
-        self.fp16_as_float32 = getattr(options, "fp16_weights", "keep") == "float32"
-        #: may a fold re-round float16 weights? Not by default: that moves outputs
-        #: by up to 2^-11 relative, which float verification tolerances reject.
-        #: A pipeline that widens its tolerance for it can set this option.
-        self.fp16_reround = bool(getattr(options, "fp16_reround", False))
+    def __init__(self, model: Model, sg: Subgraph, reader: Operator, ctx):
+        self.model, self.sg, self.reader, self.ctx = model, sg, reader, ctx
+        self.fp16_as_float32 = ctx.options.fp16_weights == "float32"
+        #: may a fold re-round float16 weights? That moves outputs by up to
+        #: 2^-11 relative; the pipeline widens its tolerance when it happened.
+        self.fp16_reround = ctx.options.fp16_weights == "keep"
         self._before: list[Operator] = []
         self._in_place: list[tuple[Operator, Operator]] = []
         self._drop: list[Operator] = []
@@ -200,7 +200,10 @@ class WeightWriter:
         from ..folding import round_once
 
         dt = self.storage_dtype(old)
-        return round_once(values, dt, what, exact=dt == np.float16 and not self.fp16_reround)
+        out = round_once(values, dt, what, exact=dt == np.float16 and not self.fp16_reround)
+        if dt == np.float16 and np.any(out.astype(np.float64) != values):
+            self.ctx.fp16_rerounded += 1
+        return out
 
     def _private(self, deq: Operator) -> bool:
         out = deq.outputs[0]

@@ -40,14 +40,13 @@ New weights always go into new buffers; the old filter and bias stay for any
 other op that shares them, and are pruned when nothing reads them.
 
 Float16 weights (a FLOAT16 constant behind DEQUANTIZE) are folded in float64
-from their float16 values. With ``fp16_weights="float32"`` the result is
-stored as float32 (the user asked for the larger file). With the default
-``"keep"`` it is stored back as float16 behind a DEQUANTIZE, so the file keeps
-its size, but only when every folded value is exactly representable in
-float16: re-rounding moves outputs by up to 2^-11 relative, which no float
-verification tolerance accepts, so otherwise the fold is refused with a reason
-that names the float32 option (a pipeline that verifies float16 rewrites on
-the float16 grid can set ``PassOptions.fp16_reround`` to allow it).
+from their float16 values. With the default ``fp16_weights="keep"`` the result
+is rounded once and stored back as float16 behind a DEQUANTIZE, so the file
+keeps its size; the re-rounding moves outputs by up to 2^-11 relative, so the
+context counts it and the pipeline verifies on the float16 grid. ``"exact"``
+stores float16 only when every folded value is exactly representable and
+refuses the fold otherwise; ``"float32"`` stores float32 (the user asked for
+the larger file, and the fold then verifies at float32 tolerances).
 """
 
 from __future__ import annotations
@@ -220,7 +219,7 @@ class FoldAffine(FusionPass):
         keep_filter, zero_shift = folding.is_identity(scale, shift)
         new_w, new_b = folding.fold_output_affine(kind, w.values(), None if b is None else b.values(),
                                                   scale, shift)
-        writer = WeightWriter(model, sg, op, ctx.options)
+        writer = WeightWriter(model, sg, op, ctx)
         # Round everything before touching the graph: a refusal leaves no trace.
         w_arr = None if keep_filter else writer.round(new_w, w, "filter")
         keep_bias = keep_filter and zero_shift and b is not None

@@ -33,8 +33,8 @@ Preconditions (each failure is reported with ``ctx.skip``):
   (in int8 the MUL requantizes its output, and that rounding cannot move into
   the weights exactly);
 - the folded weights are finite and fit their storage type (float16 weights
-  behind DEQUANTIZE: as for fold-affine, stored back as float16 only when
-  exact, or as float32 with ``fp16_weights="float32"``).
+  behind DEQUANTIZE: as for fold-affine, re-rounded to float16 with
+  ``fp16_weights="keep"``, only when exact with ``"exact"``, or float32).
 
 When the chain's input ``x0`` is itself the output of a convolution that
 fold-affine can extend, the chain is left to fold-affine: folding it into the
@@ -173,7 +173,7 @@ class FoldInputAffine(FusionPass):
         scale, shift = comp
         keep_filter, zero_shift = folding.is_identity(scale, shift)
         wv = w.values()
-        writer = WeightWriter(model, sg, op, ctx.options)
+        writer = WeightWriter(model, sg, op, ctx)
         w_arr = None if keep_filter else writer.round(folding.scale_input_channels(kind, wv, scale, cin), w,
                                                       "filter")
         b_arr = None

@@ -98,11 +98,8 @@ class ModelBuilder:
                activation=None, **kw) -> Tensor:
         """``w`` is TFLite's OHWI layout ``[Cout, kh, kw, Cin/groups]``."""
         w = self._as_tensor(w)
-        sh, sw = _pair(stride)
-        dh, dw = _pair(dilation)
-        n, h, wd, _ = x.shape
-        cout, kh, kw_, _ = w.shape
-        out = [n, conv_output_size(h, kh, sh, dh, padding), conv_output_size(wd, kw_, sw, dw, padding), cout]
+        cout = w.shape[0]
+        out, (sh, sw), (dh, dw) = _conv_geometry(x, w, cout, stride, dilation, padding)
         b = np.zeros(cout, np.float32) if b is None else b  # the CONV_2D kernel requires a bias
         opts = fb.Conv2DOptionsT(padding=_PAD[padding], strideW=sw, strideH=sh,
                                  fusedActivationFunction=_ACT[activation], dilationWFactor=dw,
@@ -114,11 +111,8 @@ class ModelBuilder:
                          depth_multiplier=1, activation=None, **kw) -> Tensor:
         """``w`` is TFLite's ``[1, kh, kw, Cin*M]`` layout."""
         w = self._as_tensor(w)
-        sh, sw = _pair(stride)
-        dh, dw = _pair(dilation)
-        n, h, wd, _ = x.shape
-        _, kh, kw_, cout = w.shape
-        out = [n, conv_output_size(h, kh, sh, dh, padding), conv_output_size(wd, kw_, sw, dw, padding), cout]
+        cout = w.shape[3]
+        out, (sh, sw), (dh, dw) = _conv_geometry(x, w, cout, stride, dilation, padding)
         b = np.zeros(cout, np.float32) if b is None else b
         opts = fb.DepthwiseConv2DOptionsT(padding=_PAD[padding], strideW=sw, strideH=sh,
                                           depthMultiplier=depth_multiplier,
@@ -253,6 +247,17 @@ class ModelBuilder:
 
     def to_bytes(self) -> bytes:
         return write_model(self.model)
+
+
+def _conv_geometry(x: Tensor, w: Tensor, cout: int, stride, dilation, padding: str):
+    """Output shape, (stride_h, stride_w) and (dilation_h, dilation_w) of a 2-D
+    conv of NHWC ``x`` with a filter whose kernel sits in dims 1 and 2."""
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    n, h, wd, _ = x.shape
+    kh, kw = w.shape[1], w.shape[2]
+    out = [n, conv_output_size(h, kh, sh, dh, padding), conv_output_size(wd, kw, sw, dw, padding), cout]
+    return out, (sh, sw), (dh, dw)
 
 
 def _pair(v) -> tuple[int, int]:

@@ -279,8 +279,11 @@ class _Writer:
         v_out = self.ints(idx(op.outputs))
         opts = op.options.Pack(b) if op.options is not None else None
         opts2 = op.options2.Pack(b) if op.options2 is not None else None
-        custom = self.b.CreateNumpyVector(np.asarray(op.custom_options, np.uint8)) \
-            if op.custom_options is not None else None
+        # Custom options the source kept after the flatbuffer (>2 GB models)
+        # go back inline: the runtime reads either form, and the tables of an
+        # external-buffer model stay far below the 2 GB limit.
+        raw = op.custom_options if op.custom_options is not None else op.large_custom_options
+        custom = self.b.CreateNumpyVector(np.asarray(raw, np.uint8)) if raw is not None else None
         mut = self.b.CreateNumpyVector(np.asarray(op.mutating_variable_inputs, np.bool_)) \
             if op.mutating_variable_inputs is not None else None
         inter = self.ints(idx(op.intermediates)) if op.intermediates is not None else None

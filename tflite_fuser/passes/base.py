@@ -82,11 +82,13 @@ def describe(op: Operator | str) -> str:
 
 
 class FusionPass:
-    """Base class. Subclasses set ``name``/``summary`` and implement
-    :meth:`run_subgraph`, returning how many rewrites they made."""
+    """Base class. Subclasses set ``name``, ``summary`` and ``anchors`` (the
+    operator codes a candidate pattern is recognised from) and implement
+    :meth:`rewrite_at`, returning how many rewrites it made there."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    anchors: ClassVar[tuple[int, ...]] = ()
 
     def run(self, model: Model, ctx: PassContext) -> int:
         ctx.current_pass = self.name
@@ -99,5 +101,15 @@ class FusionPass:
             sg.compact()
         return total
 
-    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:  # pragma: no cover
+    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:
+        """Try :meth:`rewrite_at` at every anchor operator, in list order, on a
+        snapshot of the list; operators an earlier rewrite consumed are skipped.
+        One walk per pass run: the pipeline's fixed-point loop does the rest."""
+        rewrites = 0
+        for op in list(sg.live_operators()):
+            if op.code in self.anchors and op in sg.uses.position:
+                rewrites += self.rewrite_at(model, sg, ctx, op)
+        return rewrites
+
+    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:  # pragma: no cover
         raise NotImplementedError

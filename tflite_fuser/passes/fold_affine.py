@@ -78,17 +78,11 @@ def transpose_conv_version(has_bias: bool, activation: int) -> int:
 class FoldAffine(FusionPass):
     name = "fold-affine"
     summary = "fold constant MUL/ADD/SUB/DIV after a conv/depthwise/FC/transpose conv into its weights"
-
-    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:
-        rewrites = 0
-        for op in list(sg.live_operators()):
-            if op.code in CONV_KIND and op in sg.uses.position:
-                rewrites += self._fold(model, sg, ctx, op)
-        return rewrites
+    anchors = tuple(CONV_KIND)
 
     # ------------------------------------------------------------------ match
 
-    def _fold(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
+    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
         if not op.outputs or op.outputs[0] is None:
             return 0
         y = op.outputs[0]

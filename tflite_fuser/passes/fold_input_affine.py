@@ -61,15 +61,9 @@ from .fold_affine import AFFINE, FoldAffine, transpose_conv_version
 class FoldInputAffine(FusionPass):
     name = "fold-input-affine"
     summary = "fold a constant per-channel MUL (any padding) or ADD (VALID only) feeding a conv into its weights"
+    anchors = tuple(CONV_KIND)
 
-    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:
-        rewrites = 0
-        for op in list(sg.live_operators()):
-            if op.code in CONV_KIND and op in sg.uses.position:
-                rewrites += self._fold(model, sg, ctx, op)
-        return rewrites
-
-    def _fold(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
+    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
         di, fi, bi = conv_slots(op)
         x = conv_input(op, di)
         if x is None or not x.shape:

@@ -46,15 +46,9 @@ CONVS = (Op.CONV_2D, Op.DEPTHWISE_CONV_2D)
 class FoldPadIntoConv(FusionPass):
     name = "fold-pad"
     summary = "turn a zero PAD + VALID CONV_2D/DEPTHWISE_CONV_2D into a SAME conv when the amounts match"
+    anchors = PADS
 
-    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:
-        rewrites = 0
-        for op in list(sg.live_operators()):
-            if op.code in PADS and op in sg.uses.position:
-                rewrites += self._fold(model, sg, ctx, op)
-        return rewrites
-
-    def _fold(self, model: Model, sg: Subgraph, ctx: PassContext, pad: Operator) -> int:
+    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, pad: Operator) -> int:
         if len(pad.inputs) < 2 or not pad.outputs or pad.outputs[0] is None:
             return 0
         p_out = pad.outputs[0]

@@ -104,15 +104,9 @@ def _fmt(iv: tuple[float, float]) -> str:
 class FuseActivation(FusionPass):
     name = "fuse-activation"
     summary = "fuse RELU/RELU6/RELU_N1_TO_1 (or MAXIMUM/MINIMUM clamps) into the producing op"
+    anchors = tuple(CLAMP_OPS)
 
-    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:
-        rewrites = 0
-        for op in list(sg.live_operators()):
-            if op.code in CLAMP_OPS and op in sg.uses.position:
-                rewrites += self._fuse(model, sg, ctx, op)
-        return rewrites
-
-    def _fuse(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
+    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
         head = clamp_of(sg, op)
         if head is None:
             return 0

@@ -106,21 +106,17 @@ class FuseSplitConv(FusionPass):
     name = "fuse-split-conv"
     summary = "SPLIT -> per-group CONV_2D -> CONCATENATION => one DEPTHWISE_CONV_2D or grouped CONV_2D"
 
-    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:
-        rewrites = 0
-        concats = [op for op in sg.operators if op is not None and op.code == Op.CONCATENATION]
-        for cat in concats:
-            if cat not in sg.uses.position:  # consumed by an earlier rewrite
-                continue
-            m = self.match(model, sg, cat)
-            if m is None:
-                continue
-            if isinstance(m, str):
-                ctx.skip(cat, m)
-                continue
-            self.rewrite(model, sg, m, ctx.options.fp16_weights == "float32")
-            rewrites += 1
-        return rewrites
+    anchors = (Op.CONCATENATION,)
+
+    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, cat: Operator) -> int:
+        m = self.match(model, sg, cat)
+        if m is None:
+            return 0
+        if isinstance(m, str):
+            ctx.skip(cat, m)
+            return 0
+        self.rewrite(model, sg, m, ctx.options.fp16_weights == "float32")
+        return 1
 
     # ------------------------------------------------------------- matching
 

@@ -54,15 +54,14 @@ class NarrowBlockDiagonalConv(FusionPass):
     name = "narrow-block-diagonal"
     summary = "dense CONV_2D with a block-diagonal filter => DEPTHWISE_CONV_2D or grouped CONV_2D"
 
-    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:
-        rewrites = 0
-        for op in [o for o in sg.operators if o is not None and o.code == Op.CONV_2D]:
-            r = self.narrow(model, sg, op)
-            if isinstance(r, str):
-                ctx.skip(op, r)
-            elif r:
-                rewrites += 1
-        return rewrites
+    anchors = (Op.CONV_2D,)
+
+    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
+        r = self.narrow(model, sg, op)
+        if isinstance(r, str):
+            ctx.skip(op, r)
+            return 0
+        return int(bool(r))
 
     def narrow(self, model: Model, sg: Subgraph, op: Operator) -> bool | str:
         """Rewrite ``op`` if it is block diagonal; False if it is not a

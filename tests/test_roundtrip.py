@@ -107,3 +107,33 @@ def test_external_buffer_form_is_read_and_kept():
     out = result.model_bytes
     assert all(b.external for b in load(out).buffers if b.nbytes)
     assert list(diff(unpack(inline), unpack(out))) == []
+
+
+def test_large_custom_options_after_the_flatbuffer_come_back_inline():
+    """Models over 2 GB may keep custom options after the flatbuffer
+    (large_custom_options_offset/size); we read them and write them inline,
+    a form every runtime reads, with the same bytes."""
+    import flatbuffers
+
+    from tflite_fuser import load
+    from tflite_fuser.schema import FILE_IDENTIFIER
+    from tflite_fuser.writer import write_model
+
+    m = unpack(models.custom_op_and_sparsity())
+    op = next(o for o in m.subgraphs[0].operators if o.customOptions is not None)
+    payload = bytes(np.asarray(op.customOptions, np.uint8))
+    op.customOptions = None
+    op.largeCustomOptionsOffset = 1 << 40  # placeholder, fixed below
+    op.largeCustomOptionsSize = len(payload)
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=FILE_IDENTIFIER)
+    head = bytes(b.Output())
+    op.largeCustomOptionsOffset = len(head) + 64
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=FILE_IDENTIFIER)
+    head = bytes(b.Output())
+    data = head + bytes(len(head) + 64 - len(head)) + payload
+    out = unpack(write_model(load(data)))
+    back = next(o for o in out.subgraphs[0].operators if o.customOptions is not None)
+    assert bytes(np.asarray(back.customOptions, np.uint8)) == payload
+    assert back.largeCustomOptionsOffset == 0

@@ -6,7 +6,7 @@ process (tool time, peak memory, max verifier error), then times the
 interpreter on the original, the fused model and the ideal one (the same
 network written fused for the TF converter): medians over ``--invokes``
 invokes after warm-up, single-threaded, round-robin across the three models so
-that machine noise hits all three alike; with the reference kernels and with
+that machine noise hits all three alike; with the built-in kernels (no delegate) and with
 the XNNPACK delegate. It prints a table, writes it as JSON and renders a bar
 chart of the speedups (matplotlib, from the ``fixtures`` extra).
 
@@ -127,7 +127,7 @@ def chart(rows: list[dict], path: Path) -> None:
     names = [r["fixture"] for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.5))
-    ax.barh(y - 0.2, [r["builtin"]["speedup"] for r in rows], 0.4, label="reference kernels")
+    ax.barh(y - 0.2, [r["builtin"]["speedup"] for r in rows], 0.4, label="built-in kernels (no delegate)")
     ax.barh(y + 0.2, [r["xnnpack"]["speedup"] for r in rows], 0.4, label="XNNPACK")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(y, names, fontsize=7)

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .pagecache import SPILL_BYTES, Backing, release_all, spill
+from .pagecache import RELEASE_EVERY, SPILL_BYTES, Backing, release_all, spill
 from .schema import NUMPY_DTYPES, fb, op_name, type_name
 
 
@@ -353,6 +353,7 @@ class Model:
     unreferenced_buffers: set[Buffer] = field(default_factory=set, repr=False)
     #: the read-only mapping of the source file, when it was read from a path
     source_mapping: Any = field(default=None, repr=False)
+    _new_bytes: int = field(default=0, repr=False)
 
     def release_pages(self) -> None:
         """Drop weight pages from resident memory; they stay in the page
@@ -387,6 +388,11 @@ class Model:
     def add_buffer(self, array: np.ndarray) -> Buffer:
         buf = Buffer.from_array(array)
         self.buffers.append(buf)
+        self._new_bytes += buf.nbytes
+        if self._new_bytes >= RELEASE_EVERY:  # a fold just read as much of the input
+            self._new_bytes = 0
+            if self.source_mapping is not None:
+                release_all(self.source_mapping)
         return buf
 
     def new_constant(self, sg: Subgraph, name: str, array: np.ndarray, dtype: int,

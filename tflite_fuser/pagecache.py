@@ -26,7 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 #: folded arrays at least this large are spilled to a temporary file
-SPILL_BYTES = 16 << 20
+SPILL_BYTES = 1 << 20
+#: after this many bytes of new weights, drop the input's pages again (a pass
+#: that folds every filter of a large model touches all of them)
+RELEASE_EVERY = 64 << 20
 
 
 @dataclass(eq=False)

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .pagecache import RELEASE_EVERY, SPILL_BYTES, Backing, release_all, spill
+from .pagecache import RELEASE_EVERY, SPILL_BYTES, SPILL_MODEL_BYTES, Backing, release_all, spill
 from .schema import NUMPY_DTYPES, fb, op_name, type_name
 
 
@@ -55,14 +55,15 @@ class Buffer:
             self.backing.release()
 
     @staticmethod
-    def from_array(array: np.ndarray) -> "Buffer":
-        """A new buffer holding ``array``'s bytes in little-endian C order.
-        Large ones are spilled to a temporary file (see :mod:`pagecache`)."""
+    def from_array(array: np.ndarray, spill_large: bool = False) -> "Buffer":
+        """A new buffer holding ``array``'s bytes in little-endian C order;
+        with ``spill_large``, large ones go to a temporary file (see
+        :mod:`pagecache`)."""
         arr = np.ascontiguousarray(array)
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         raw = arr.reshape(-1).view(np.uint8)
-        if raw.nbytes >= SPILL_BYTES:
+        if spill_large and raw.nbytes >= SPILL_BYTES:
             return _spilled(raw)
         return Buffer(raw)
 
@@ -386,7 +387,8 @@ class Model:
         return best
 
     def add_buffer(self, array: np.ndarray) -> Buffer:
-        buf = Buffer.from_array(array)
+        big = self.source_mapping is not None and len(self.source_mapping) >= SPILL_MODEL_BYTES
+        buf = Buffer.from_array(array, spill_large=big)
         self.buffers.append(buf)
         self._new_bytes += buf.nbytes
         if self._new_bytes >= RELEASE_EVERY:  # a fold just read as much of the input

@@ -8,9 +8,12 @@ RAM. Two file-backed tricks keep the resident set near one model's worth:
   pass or the writer is done with them, ``MADV_DONTNEED`` drops their pages
   from our resident set (the kernel keeps them cached and re-reads them if we
   touch them again, so this never changes a byte we see);
-- folded weights above :data:`SPILL_BYTES` are written to an unlinked
-  temporary file and mapped back read-only, so they too live in the page
-  cache until the writer streams them out.
+- in models of :data:`SPILL_MODEL_BYTES` or more, folded weights above
+  :data:`SPILL_BYTES` are written to an unlinked temporary file and mapped
+  back read-only, so they too live in the page cache until the writer streams
+  them out. (Smaller models keep them in memory: spilling costs about a
+  second of copying per 500 MB, and for small models the interpreter
+  library's own ~55 MB dominate the resident set anyway.)
 
 Only file-backed mappings are ever released: ``MADV_DONTNEED`` on anonymous
 memory would zero it.
@@ -25,7 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: folded arrays at least this large are spilled to a temporary file
+#: in models at least this large, folded arrays of SPILL_BYTES or more are
+#: spilled to a temporary file
+SPILL_MODEL_BYTES = 256 << 20
 SPILL_BYTES = 1 << 20
 #: after this many bytes of new weights, drop the input's pages again (a pass
 #: that folds every filter of a large model touches all of them)

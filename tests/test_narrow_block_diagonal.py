@@ -79,22 +79,8 @@ def test_the_finest_block_structure_is_used(rng):
 
 def test_int8_per_channel_diagonal_conv_becomes_int8_depthwise_exactly(rng):
     c = 8
-    dense, _ = block_diagonal(rng, c, c, c)
-    wq = np.clip(np.round(dense * 40), -127, 127).astype(np.int8)
-    scales = rng.uniform(0.005, 0.02, c)
-
-    def q(s, z, dim=0):
-        p = fb.QuantizationParametersT()
-        p.scale, p.zeroPoint, p.quantizedDimension = list(np.atleast_1d(s)), list(np.atleast_1d(z)), dim
-        return p
-
-    b = ModelBuilder()
-    x = b.input("x", [1, 9, 9, c], TensorType.INT8, q(0.02, -1))
-    w = b.const(wq, "w", TensorType.INT8, q(scales, np.zeros(c, int)))
-    bias = b.const(rng.integers(-200, 200, c).astype(np.int32), "b", TensorType.INT32,
-                   q(0.02 * scales, np.zeros(c, int)))
-    b.output(b.conv2d(x, w, bias, version=3, quantization=q(0.05, 4)))
-    r = fuse_and_check(b.to_bytes(), passes=[PASS])
+    data, scales = int8_block_diagonal_model(rng, c, c)
+    r = fuse_and_check(data, passes=[PASS])
     op = only_op(r)
     assert op.code == Op.DEPTHWISE_CONV_2D and op.opcode.version == 3
     s, _, dim = op.inputs[1].quant_params()
@@ -103,7 +89,8 @@ def test_int8_per_channel_diagonal_conv_becomes_int8_depthwise_exactly(rng):
     assert r.verification.max_abs_error == 0
 
 
-def int8_block_diagonal_model(rng, c, groups) -> bytes:
+def int8_block_diagonal_model(rng, c, groups) -> tuple[bytes, np.ndarray]:
+    """An int8 conv with a per-channel-quantized block-diagonal filter, and its scales."""
     dense, _ = block_diagonal(rng, c, c, groups)
     wq = np.clip(np.round(dense * 40), -127, 127).astype(np.int8)
     scales = rng.uniform(0.005, 0.02, c)
@@ -119,12 +106,12 @@ def int8_block_diagonal_model(rng, c, groups) -> bytes:
     bias = b.const(rng.integers(-200, 200, c).astype(np.int32), "b", TensorType.INT32,
                    q(0.02 * scales, np.zeros(c, int)))
     b.output(b.conv2d(x, w, bias, version=3, quantization=q(0.05, 4)))
-    return b.to_bytes()
+    return b.to_bytes(), scales
 
 
 def test_int8_block_diagonal_conv_is_not_made_grouped(rng):
     """The optimized int8 grouped kernel rounds one step apart from the dense one."""
-    src = int8_block_diagonal_model(rng, 16, 4)
+    src, _ = int8_block_diagonal_model(rng, 16, 4)
     r = fuse_and_check(src, passes=[PASS])
     assert r.model_bytes == src
     assert any("int8 grouped CONV_2D" in s["reason"] for s in r.report["skipped"])

@@ -229,6 +229,15 @@ class WeightWriter:
             self._drop.append(old.dequantize)
         return t
 
+    def store_conv_weights(self, slots: tuple[int, int], old: tuple, arrays: tuple, name: str) -> dict:
+        """Store a folded (filter, bias) pair - either may be None when the fold
+        left it as it was - and return ``{input slot: new tensor}``."""
+        changes = {}
+        for slot, prev, array, what in zip(slots, old, arrays, ("filter", "bias")):
+            if array is not None:
+                changes[slot] = self.store(prev, array, f"{name}/{what}")
+        return changes
+
     def commit(self, old_ops: list[Operator], new_op: Operator) -> None:
         sg = self.sg
         for old, new in self._in_place:

@@ -220,11 +220,7 @@ class FoldAffine(FusionPass):
         b_arr = None if keep_bias else writer.round(new_b, b, "bias")
 
         out = chain[-1].outputs[0]
-        changes = {}
-        if w_arr is not None:
-            changes[fi] = writer.store(w, w_arr, f"{out.name}/filter")
-        if b_arr is not None:
-            changes[bi] = writer.store(b, b_arr, f"{out.name}/bias")
+        changes = writer.store_conv_weights((fi, bi), (w, b), (w_arr, b_arr), out.name)
         opcode = op.opcode
         if op.code == Op.TRANSPOSE_CONV:
             opcode = opcode_at_least(model, op, transpose_conv_version(True, act))

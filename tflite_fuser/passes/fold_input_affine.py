@@ -175,11 +175,7 @@ class FoldInputAffine(FusionPass):
             new_b = folding.input_shift_bias(kind, wv, None if b is None else b.values(), shift, cin)
             b_arr = writer.round(new_b, b, "bias")
 
-        changes = {di: x0}
-        if w_arr is not None:
-            changes[fi] = writer.store(w, w_arr, f"{op.outputs[0].name}/filter")
-        if b_arr is not None:
-            changes[bi] = writer.store(b, b_arr, f"{op.outputs[0].name}/bias")
+        changes = {di: x0, **writer.store_conv_weights((fi, bi), (w, b), (w_arr, b_arr), op.outputs[0].name)}
         opcode = op.opcode
         if op.code == Op.TRANSPOSE_CONV:
             has_bias = conv_input(op, bi) is not None or bi in changes

@@ -79,7 +79,7 @@ def _fuse_parser() -> argparse.ArgumentParser:
     v.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,D,...",
                    help="shape for an input with dynamic dimensions (default: -1 becomes 1)")
     v.add_argument("--xnnpack", action="store_true",
-                   help="verify with the XNNPACK delegate instead of the reference kernels")
+                   help="verify with the XNNPACK delegate instead of the built-in kernels")
     v.add_argument("--verify-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"give up verifying after this long (default {DEFAULT_TIMEOUT:g}); the interpreter "
                         "runs in a child process, so a crash or hang there cannot take the tool down")

@@ -81,8 +81,8 @@ def save(model: Model, dst: str | os.PathLike, external: bool | None = None) -> 
 
 
 def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable: Sequence[str] = (),
-               options: PassOptions | None = None,
-               log: Callable[[str], None] | None = None) -> tuple[dict[str, int], PassContext]:
+               options: PassOptions | None = None, log: Callable[[str], None] | None = None,
+               progress: Callable[[str], None] | None = None) -> tuple[dict[str, int], PassContext]:
     """Run the selected passes to a fixed point; return rewrites per pass."""
     try:
         chosen = select(passes, list(disable))
@@ -95,9 +95,11 @@ def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable:
         ctx.frozen.add(model.subgraphs[si])
         ctx.current_pass, ctx.subgraph_index = "pipeline", si
         ctx.skip(f"subgraph {si}", "operators are not in topological order; no pass touches it")
-    for _ in range(MAX_ROUNDS):
+    for round_ in range(1, MAX_ROUNDS + 1):
         changed = 0
         for p in chosen:
+            if progress:
+                progress(f"running passes: {p.name}" + (f" (round {round_})" if round_ > 1 else ""))
             n = p.run(model, ctx)
             counts[p.name] += n
             changed += n
@@ -140,8 +142,7 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
     before = model_stats(model, len(buf), label if is_path else None)
     t_read = time.perf_counter()
 
-    say("running passes")
-    counts, ctx = run_passes(model, passes, disable, PassOptions(fp16_weights=fp16_weights), log)
+    counts, ctx = run_passes(model, passes, disable, PassOptions(fp16_weights=fp16_weights), log, progress)
     t_passes = time.perf_counter()
     notes = []
     if ctx.fp16_rerounded:

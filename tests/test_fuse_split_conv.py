@@ -953,3 +953,18 @@ def test_mobilenetv2_035_96_with_2643_conv2d_fuses_back_to_17_depthwise(rng):
     assert op_counts(r) == {"CONV_2D": 35, "DEPTHWISE_CONV_2D": 17, "ADD": 10, "FULLY_CONNECTED": 1,
                             "MEAN": 1}
     assert r.report["passes"][[p["name"] for p in r.report["passes"]].index(PASS)]["rewrites"] == 17
+
+
+def test_grouped_conv_can_be_turned_off_while_depthwise_still_merges():
+    """--no-grouped-conv: the ResNeXt fixture's G=32 convs stay split (with a
+    reason), a depthwise split in the same run is still merged."""
+    from conftest import FIXTURES
+
+    resnext = FIXTURES / "tf" / "resnext.tflite"
+    off = fuse_and_check(resnext.read_bytes(), grouped_conv=False)
+    assert op_counts(off)["CONCATENATION"] == 3
+    assert any("--no-grouped-conv" in s["reason"] for s in off.report["skipped"])
+    on = fuse_and_check(resnext.read_bytes())
+    assert "CONCATENATION" not in op_counts(on)
+    dw = fuse_and_check((FIXTURES / "tf" / "net3.tflite").read_bytes(), grouped_conv=False)
+    assert op_counts(dw).get("DEPTHWISE_CONV_2D") == 1

@@ -61,6 +61,9 @@ def _fuse_parser() -> argparse.ArgumentParser:
                    help="float16 weights behind DEQUANTIZE: fold and round back to float16, same file size, "
                         "verified on the float16 grid (keep, default); fold only where float16 holds the "
                         "result exactly (exact); or store folded weights as float32 (float32)")
+    g.add_argument("--no-grouped-conv", action="store_true",
+                   help="never emit a grouped CONV_2D; leave grouped convolutions in split form (for "
+                        "delegates without grouped convs; depthwise merging still happens)")
     v = p.add_argument_group("verification")
     v.add_argument("--no-verify", action="store_true", help="do not run the interpreter (not recommended)")
     v.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
@@ -206,6 +209,7 @@ def _fuse(args: argparse.Namespace) -> int:
                       input_shapes=_parse_shapes(args.input_shape), xnnpack=args.xnnpack,
                       verify_timeout=args.verify_timeout, force=args.force,
                       in_place=args.in_place, backup=not args.no_backup, fp16_weights=args.fp16_weights,
+                      grouped_conv=not args.no_grouped_conv,
                       log=log, progress=progress)
     finally:
         progress.done()

@@ -117,7 +117,7 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
          input_range=DEFAULT_INPUT_RANGE, input_shapes: Mapping[str, Sequence[int]] | None = None,
          xnnpack: bool = False, isolate: bool = True, verify_timeout: float | None = DEFAULT_TIMEOUT,
          force: bool = False, in_place: bool = False, backup: bool = True,
-         fp16_weights: str = "keep", external_buffers: bool | None = None,
+         fp16_weights: str = "keep", grouped_conv: bool = True, external_buffers: bool | None = None,
          log: Callable[[str], None] | None = None,
          progress: Callable[[str], None] | None = None) -> FuseResult:
     """Fuse ``src`` (path or bytes); write to ``dst`` if given.
@@ -142,7 +142,8 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
     before = model_stats(model, len(buf), label if is_path else None)
     t_read = time.perf_counter()
 
-    counts, ctx = run_passes(model, passes, disable, PassOptions(fp16_weights=fp16_weights), log, progress)
+    options = PassOptions(fp16_weights=fp16_weights, grouped_conv=grouped_conv)
+    counts, ctx = run_passes(model, passes, disable, options, log, progress)
     t_passes = time.perf_counter()
     notes = []
     if ctx.fp16_rerounded:

@@ -40,6 +40,12 @@ class PassOptions:
     #: representable; "float32": store folded weights as float32 (larger file,
     #: no re-rounding).
     fp16_weights: str = "keep"
+    #: emit grouped CONV_2D (filter in-channels < input channels). Off keeps
+    #: grouped convs in split form: not every delegate runs them (older GPU
+    #: delegates stop at CONV_2D version 1, converters such as onnx2tflite
+    #: split them for that reason), and the built-in CPU kernels run ResNeXt's
+    #: G=32 convs faster split (XNNPACK runs them faster grouped).
+    grouped_conv: bool = True
 
 
 @dataclass

@@ -115,6 +115,9 @@ class FuseSplitConv(FusionPass):
         if isinstance(m, str):
             ctx.skip(cat, m)
             return 0
+        if not m.plan.is_depthwise and not ctx.options.grouped_conv:
+            ctx.skip(cat, "would become a grouped CONV_2D, which --no-grouped-conv turns off")
+            return 0
         self.rewrite(model, sg, m, ctx.options.fp16_weights == "float32")
         return 1
 

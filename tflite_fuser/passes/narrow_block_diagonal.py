@@ -57,13 +57,13 @@ class NarrowBlockDiagonalConv(FusionPass):
     anchors = (Op.CONV_2D,)
 
     def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
-        r = self.narrow(model, sg, op)
+        r = self.narrow(model, sg, op, ctx.options.grouped_conv)
         if isinstance(r, str):
             ctx.skip(op, r)
             return 0
         return int(bool(r))
 
-    def narrow(self, model: Model, sg: Subgraph, op: Operator) -> bool | str:
+    def narrow(self, model: Model, sg: Subgraph, op: Operator, grouped: bool = True) -> bool | str:
         """Rewrite ``op`` if it is block diagonal; False if it is not a
         candidate, a reason string if it is one that must be left alone."""
         if len(op.inputs) < 2 or op.inputs[0] is None or len(op.outputs) != 1 or op.options is None:
@@ -93,6 +93,8 @@ class NarrowBlockDiagonalConv(FusionPass):
         if bias is None:
             return f"block diagonal ({groups} groups) but the conv has no bias"
         depthwise = groups == cin
+        if not depthwise and not grouped:
+            return f"block diagonal ({groups} groups) but grouped CONV_2D is turned off (--no-grouped-conv)"
         why = quantized_rewrite_refused(x.dtype, depthwise)
         if why:
             return f"block diagonal ({groups} groups) but {why}"

@@ -127,13 +127,6 @@ class Tensor:
     def is_constant(self) -> bool:
         return self.buffer is not None and self.buffer.data is not None and self.buffer.nbytes > 0
 
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        try:
-            return NUMPY_DTYPES[self.dtype]
-        except KeyError:
-            raise TypeError(f"tensor {self.name!r} has type {type_name(self.dtype)} with no numpy view") from None
-
     def value(self) -> np.ndarray | None:
         """The constant value as a read-only numpy array, or None.
 
@@ -271,14 +264,6 @@ class Subgraph:
         idx = self.uses
         self.operators[idx.position[op]] = None  # type: ignore[call-overload]
         idx.remove(op)
-
-    def rewire(self, old: Tensor, new: Tensor) -> None:
-        """Make every reader of ``old`` (ops, graph outputs) read ``new``."""
-        for op in self.consumers(old):
-            op.inputs = [new if t is old else t for t in op.inputs]
-            self.uses.consumers.setdefault(new, {})[op] = None
-        self.uses.consumers.pop(old, None)
-        self.outputs = [new if t is old else t for t in self.outputs]
 
     def compact(self) -> None:
         """Drop emptied operator slots and renumber positions."""

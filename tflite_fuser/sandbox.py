@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable
 
 from .errors import BadModelError
-from .verifier import (STAGE_LOAD_CANDIDATE, STAGE_LOAD_ORIGINAL, STAGE_RUN_CANDIDATE, STAGE_RUN_ORIGINAL,
+from .verifier import (STAGE_LOAD_ORIGINAL, STAGE_RUN_ORIGINAL,
                        Verification, verify)
 
 #: Default limit for one verification, generous for big models on small machines.

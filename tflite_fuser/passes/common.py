@@ -39,40 +39,6 @@ def why_not_removable(model: Model, sg: Subgraph, t: Tensor, reader: Operator) -
     return None
 
 
-def other_input(op: Operator, t: Tensor) -> Tensor | None:
-    """For a binary op reading ``t``, the other operand."""
-    if len(op.inputs) != 2:
-        return None
-    a, b = op.inputs
-    if a is t:
-        return b
-    if b is t:
-        return a
-    return None
-
-
-def per_channel_vector(t: Tensor | None, channels: int, rank: int) -> np.ndarray | None:
-    """The constant ``t`` as a float64 vector of ``channels`` values when, next
-    to a tensor of rank ``rank`` with ``channels`` in its last axis, it
-    broadcasts along that axis only (shapes ``[]``, ``[1]``, ``[C]``,
-    ``[1,...,1,C]`` of rank <= ``rank``); ``None`` otherwise: spatial or
-    batch-varying constants cannot be folded into weights, and a constant of
-    higher rank would change the output's shape."""
-    if t is None:
-        return None
-    v = t.value()
-    if v is None or v.dtype.kind != "f":
-        return None
-    shape = v.shape
-    if len(shape) > rank or any(d != 1 for d in shape[:-1]):
-        return None
-    if len(shape) == 0 or shape[-1] == 1:
-        return np.full(channels, float(v.reshape(-1)[0]) if v.size else 0.0)
-    if shape[-1] != channels:
-        return None
-    return v.reshape(-1).astype(np.float64)
-
-
 def fused_activation(op: Operator) -> int | None:
     """The op's ``fusedActivationFunction``, or None if it has no such field."""
     opts = op.options

@@ -77,7 +77,6 @@ class FoldInputAffine(FusionPass):
             ctx.skip(p, reason)
             return 0
 
-        kind = CONV_KIND[op.code]
         cin = int(x.shape[-1])
         shift_ok, shift_why = _shift_allowed(op, x)
         comp = (np.ones(cin), np.zeros(cin))

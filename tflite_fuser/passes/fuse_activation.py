@@ -199,7 +199,7 @@ def quantized_fusion_reason(tensors: list[Tensor], act: int, producer_act: int) 
     """Why fusing ``act`` into a quantized producer whose output is
     ``tensors[0]`` and whose chain ends in ``tensors[-1]`` would not stay
     within one quantization step (None: it does). See the module docstring."""
-    first, last = tensors[0], tensors[-1]
+    first = tensors[0]
     qs = [t.quant_params() for t in tensors]
     if any(q is None for q in qs):
         return "a tensor of the chain is not quantized"

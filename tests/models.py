@@ -29,6 +29,18 @@ def conv_relu(seed=0) -> ModelBuilder:
     return b
 
 
+def conv_bn_relu(seed=0) -> ModelBuilder:
+    """CONV_2D -> MUL -> ADD -> RELU: a batch norm and an activation left
+    apart, which the passes fold into one CONV_2D (something to fuse)."""
+    r = _rng(seed)
+    b = ModelBuilder()
+    x = b.input("x", [1, 8, 8, 3])
+    y = b.conv2d(x, r.standard_normal((8, 3, 3, 3)).astype(np.float32), r.standard_normal(8).astype(np.float32))
+    y = b.add(b.mul(y, r.uniform(0.5, 2.0, 8).astype(np.float32)), r.standard_normal(8).astype(np.float32))
+    b.output(b.relu(y))
+    return b
+
+
 def rich_metadata() -> bytes:
     """Description, several metadata entries, a deprecated metadata_buffer list,
     a shape signature, a GELU (opcode 150, above the 127 of the deprecated
@@ -50,10 +62,11 @@ def rich_metadata() -> bytes:
     return b.to_bytes()
 
 
-def custom_op_and_sparsity() -> bytes:
+def custom_op_and_sparsity(base=None) -> bytes:
     """A custom op with flexbuffer-ish options and a sparse constant. The
-    interpreter cannot run the custom op: tests use it without verification."""
-    b = conv_relu()
+    interpreter cannot run the custom op: tests use it without verification.
+    ``base`` (default :func:`conv_relu`) builds what comes before it."""
+    b = (base or conv_relu)()
     m, sg = b.model, b.sg
     y = sg.outputs[0]
     out = b.tensor(y.shape, "custom_out")
@@ -125,6 +138,7 @@ def endless_while() -> bytes:
     b = ModelBuilder()
     m = b.model
     x = b.input("x", [1])
+    x = b.relu(b.add(x, np.float32([1.0])))  # something to fuse before the loop, so it is verified
     y = b.tensor([1], "y")
 
     def sub(name: str) -> tuple[Subgraph, Tensor]:

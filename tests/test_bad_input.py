@@ -45,9 +45,9 @@ BAD_FILES = {
     "not a tflite file": (b"\x89PNG\r\n\x1a\n" + bytes(64), "not a TFLite model"),
     "text file": (b"hello, this is not a model at all\n" * 4, "not a TFLite model"),
     "wrong identifier": (_wrong_identifier(), "file identifier"),
-    "truncated at 16 bytes": (GOOD[:16], "corrupt or truncated"),
-    "truncated at half": (GOOD[: len(GOOD) // 2], ""),
-    "root offset outside the file": (_offset_out_of_range(), "corrupt or truncated"),
+    "truncated at 16 bytes": (GOOD[:16], "truncated or corrupt"),
+    "truncated at half": (GOOD[: len(GOOD) // 2], "truncated"),
+    "root offset outside the file": (_offset_out_of_range(), "truncated or corrupt"),
     "unsupported schema version": (_unsupported_version(), "unsupported TFLite schema version 4"),
 }
 
@@ -128,7 +128,7 @@ def test_unreadable_inputs_npz(tmp_path, capsys):
 
 def test_model_the_interpreter_cannot_run_says_use_no_verify(tmp_path, capsys):
     src = tmp_path / "in.tflite"
-    src.write_bytes(models.custom_op_and_sparsity())
+    src.write_bytes(models.custom_op_and_sparsity(models.conv_bn_relu))
     rc, _, err = _run(capsys, [str(src), str(tmp_path / "out.tflite")])
     assert rc == 2
     _assert_one_error_line(err, "--no-verify")
@@ -150,6 +150,19 @@ def test_every_truncation_of_a_real_model_is_rejected_cleanly():
         except BadModelError:
             outcomes["rejected"] += 1
     assert outcomes["rejected"] >= len(GOOD) - 8
+
+
+@pytest.mark.parametrize("fixture", ["tf/net2", "litert_torch/net2", "naive/net2", "quant/net1_int8"])
+def test_a_real_model_cut_short_anywhere_says_truncated(fixture):
+    """A download or copy cut off at any point is named for what it is, not
+    reported as an opaque length or unpack error."""
+    from conftest import FIXTURES
+    from tflite_fuser import BadModelError, load
+
+    data = (FIXTURES / f"{fixture}.tflite").read_bytes()
+    for n in range(16, len(data), max(1, len(data) // 97)):
+        with pytest.raises(BadModelError, match="truncated"):
+            load(data[:n])
 
 
 def test_console_script_reports_bad_input_without_traceback(tmp_path):

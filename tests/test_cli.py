@@ -40,7 +40,7 @@ class _BreakConvWeights(FusionPass):
 @pytest.fixture
 def model_file(tmp_path) -> Path:
     p = tmp_path / "in.tflite"
-    p.write_bytes(models.conv_relu().to_bytes())
+    p.write_bytes(models.conv_bn_relu().to_bytes())
     return p
 
 
@@ -62,7 +62,7 @@ def test_summary_shows_counts_passes_and_verification(model_file, tmp_path, caps
     assert "CONV_2D" in out and "verification: PASS" in out and "wrote" in out
     report = _report(tmp_path / "r.json")
     assert report["written"] and report["exit_code"] == 0
-    assert report["input"]["op_counts"] == {"CONV_2D": 1}
+    assert report["input"]["op_counts"] == {"ADD": 1, "CONV_2D": 1, "MUL": 1, "RELU": 1}
     assert report["verification"]["outputs"][0]["ok"]
 
 
@@ -150,3 +150,149 @@ def test_help_explains_passes_and_exit_codes(capsys):
     assert "exit codes:" in out and "--no-verify" in out and "inspect" in out
     for cls in passes_mod.PASS_CLASSES:
         assert cls.name in out
+
+
+# ------------------------------------------------------------ what a new user trips over
+
+
+def test_in_place_twice_keeps_the_first_backup_and_numbers_the_next(tmp_path, capsys):
+    """A second --in-place run must not replace IN.orig (the only copy of the
+    user's original) with the first run's output."""
+    src = tmp_path / "m.tflite"
+    original = models.conv_bn_relu().to_bytes()
+    src.write_bytes(original)
+    assert main([str(src), "--in-place", "-q"]) == 0
+    first_output = src.read_bytes()
+    # The fused model has nothing left to fuse; make it fusable again to force a second rewrite.
+    src.write_bytes(models.conv_bn_relu(seed=1).to_bytes())
+    second_input = src.read_bytes()
+    assert main([str(src), "--in-place"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "m.tflite.orig").read_bytes() == original
+    assert (tmp_path / "m.tflite.orig.1").read_bytes() == second_input
+    assert "backup" in out and "m.tflite.orig.1" in out
+    assert first_output != original
+
+
+def test_in_place_with_nothing_to_fuse_leaves_the_file_untouched(tmp_path, capsys):
+    src = tmp_path / "m.tflite"
+    data = models.conv_relu().to_bytes()  # the RELU is already fused: nothing to do
+    src.write_bytes(data)
+    stat = src.stat()
+    rc = main([str(src), "--in-place"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "nothing to fuse" in out
+    assert src.read_bytes() == data and src.stat().st_ino == stat.st_ino and src.stat().st_mtime == stat.st_mtime
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]  # no backup
+
+
+def test_in_out_with_nothing_to_fuse_writes_a_byte_copy_and_says_so(tmp_path, capsys):
+    src, dst = tmp_path / "m.tflite", tmp_path / "out.tflite"
+    data = models.conv_relu().to_bytes()
+    src.write_bytes(data)
+    rc = main([str(src), str(dst), "--report", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "nothing to fuse" in out
+    assert dst.read_bytes() == data
+    report = _report(tmp_path / "r.json")
+    assert report["nothing_to_fuse"] and report["written"] and report["verification"] is None
+
+
+def test_new_outputs_follow_the_umask(tmp_path, capsys):
+    import os
+
+    src = tmp_path / "m.tflite"
+    src.write_bytes(models.conv_bn_relu().to_bytes())
+    old = os.umask(0o027)
+    try:
+        assert main([str(src), str(tmp_path / "a.tflite"), "-q"]) == 0
+        os.umask(0o002)
+        assert main([str(src), str(tmp_path / "b.tflite"), "-q"]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.tflite").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "b.tflite").stat().st_mode & 0o777 == 0o664
+
+
+def test_in_place_keeps_the_inputs_mode(tmp_path, capsys):
+    src = tmp_path / "m.tflite"
+    src.write_bytes(models.conv_bn_relu().to_bytes())
+    src.chmod(0o644)
+    assert main([str(src), "--in-place", "-q"]) == 0
+    assert src.stat().st_mode & 0o777 == 0o644
+    src.write_bytes(models.conv_bn_relu(seed=2).to_bytes())
+    src.chmod(0o604)
+    assert main([str(src), "--in-place", "-q", "--no-backup"]) == 0
+    assert src.stat().st_mode & 0o777 == 0o604
+
+
+def test_a_closed_pipe_exits_quietly(tmp_path):
+    """`tflite-fuse inspect m.tflite --json | head -2`: no "internal error"."""
+    import subprocess
+    import sys
+
+    from tflite_fuser.graph import Buffer, Metadata
+
+    b = models.conv_relu()
+    for i in range(4000):  # a JSON far larger than a pipe's 64 KiB buffer
+        buf = Buffer(np.frombuffer(b"x", np.uint8))
+        b.model.buffers.append(buf)
+        b.model.metadata.append(Metadata(f"vendor_metadata_entry_{i:05d}", buf))
+    src = tmp_path / "m.tflite"
+    src.write_bytes(b.to_bytes())
+    proc = subprocess.run(f"{sys.executable} -m tflite_fuser inspect {src} --json | head -2; "
+                          "echo \"status ${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and lines[0] == "{"
+    assert lines[-1] == "status 141"
+
+
+def test_a_failed_verification_is_reported_on_stderr_too(model_file, tmp_path, capsys, broken_pass):
+    rc = main([str(model_file), str(tmp_path / "out.tflite")])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "verification: FAIL" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tflite-fuse: verification failed: outputs differ")
+
+
+def test_verbose_lists_every_rewrite_split_conv_merges_included(tmp_path, capsys):
+    src = tmp_path / "m.tflite"
+    src.write_bytes((ROOT / "fixtures" / "naive" / "mobilenetv2.tflite").read_bytes())
+    rc = main([str(src), str(tmp_path / "out.tflite"), "-v", "--report", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    report = _report(tmp_path / "r.json")
+    per_pass = {p["name"]: p["rewrites"] for p in report["passes"]}
+    listed = [r["pass"] for r in report["rewrites"]]
+    assert {name: listed.count(name) for name in per_pass} == per_pass
+    assert listed.count("fuse-split-conv") == 17
+    assert out.count("fuse-split-conv: merged SPLIT -> ") == 17
+    assert f"rewrites ({sum(per_pass.values())}):" in out
+
+
+def test_a_residual_add_of_two_computed_tensors_is_not_left_alone(tmp_path, capsys):
+    """ResNet's residual ADDs were never candidates: they are not reported."""
+    src = tmp_path / "m.tflite"
+    src.write_bytes((ROOT / "fixtures" / "naive" / "resnet18.tflite").read_bytes())
+    assert main([str(src), str(tmp_path / "out.tflite"), "-q", "--report", str(tmp_path / "r.json")]) == 0
+    skipped = _report(tmp_path / "r.json")["skipped"]
+    assert not any("not a constant" in s["reason"] for s in skipped), skipped
+
+
+def test_the_pass_line_says_how_close_the_worst_element_came_to_its_bound(tmp_path, capsys):
+    """An element near zero gives a large relative error that atol carries:
+    the summary must not print it beside rtol as if it were the verdict."""
+    src = tmp_path / "m.tflite"
+    src.write_bytes((ROOT / "fixtures" / "naive" / "mobilenetv2.tflite").read_bytes())
+    assert main([str(src), str(tmp_path / "out.tflite"), "--report", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "verification: PASS" in ln)
+    assert "max rel error" not in line and "of its bound atol + rtol x |a|" in line
+    v = _report(tmp_path / "r.json")["verification"]
+    assert 0 < v["bound_used"] <= 1 and v["max_rel_error"] > v["rtol"]  # the misleading figure stays in JSON
+    worst = v["outputs"][0]
+    assert worst["worst_abs_error"] <= worst["worst_bound"]
+    assert worst["worst_abs_error"] / worst["worst_bound"] == pytest.approx(v["bound_used"])

@@ -62,6 +62,10 @@ def test_fixture_runs_in_interpreter(entry):
 
     _present(entry)
     interp = Interpreter(model_path=str(FIXTURES / entry["file"]))
+    if not entry["runs_in_litert"]:  # kept for what it shows; pin that it still does not run
+        with pytest.raises(RuntimeError):
+            interp.allocate_tensors()
+        return
     interp.allocate_tensors()
     details = interp.get_input_details()
     assert [(d["name"], [int(v) for v in d["shape"]], np.dtype(d["dtype"]).name) for d in details] == \
@@ -113,4 +117,4 @@ def test_uncommitted_fixtures_are_ignored_by_git():
 
 def test_committed_corpus_stays_small():
     total = sum(e["size_bytes"] for e in ENTRIES if e["committed"])
-    assert total < 20 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"
+    assert total < 24 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, runs_in_litert
 from schema_walk import diff, unpack
 from tflite_fuser import fuse
 
@@ -49,7 +49,7 @@ def _op_key(sg, op, codes) -> tuple:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(FIXTURES)))
 def test_everything_the_passes_did_not_touch_survives(path):
     data = path.read_bytes()
-    result = fuse(data, runs=1, isolate=False)
+    result = fuse(data, runs=1, isolate=False, verify_output=runs_in_litert(path))
     assert result.ok, result.verification.message
     a, b = unpack(data), unpack(result.model_bytes)
 

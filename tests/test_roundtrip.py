@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import models
-from conftest import FIXTURES
+from conftest import FIXTURES, runs_in_litert
 from schema_walk import buffer_data_offsets, diff, unpack
 from tflite_fuser import fuse
 from tflite_fuser.schema import fb
@@ -27,7 +27,7 @@ FIXTURE_FILES = sorted(FIXTURES.rglob("*.tflite"))
 
 def _cases():
     for p in FIXTURE_FILES:
-        yield pytest.param(p, True, id=str(p.relative_to(FIXTURES)))
+        yield pytest.param(p, runs_in_litert(p), id=str(p.relative_to(FIXTURES)))
     for name, (factory, runnable) in models.BUILDER_MODELS.items():
         yield pytest.param(factory, runnable, id=f"builder:{name}")
 

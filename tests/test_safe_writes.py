@@ -100,7 +100,7 @@ def test_input_file_is_never_opened_for_writing(tmp_path):
     """The input is read-only on disk and the fuse still succeeds; --in-place
     replaces it by rename, keeping the original inode as the backup."""
     src = tmp_path / "in.tflite"
-    src.write_bytes(models.conv_relu().to_bytes())
+    src.write_bytes(models.conv_bn_relu().to_bytes())
     src.chmod(0o444)
     inode = src.stat().st_ino
     proc = _cli([str(src), "--in-place", "-q"])

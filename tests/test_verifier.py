@@ -73,3 +73,37 @@ def test_range_atol_scales_the_absolute_tolerance_by_the_output_magnitude():
     check = _compare("", "y", a, b, 1e-4, 1e-4, 1, range_atol=True)
     assert check.ok and check.max_abs_reference == pytest.approx(1000.0)
     assert not _compare("", "y", a, a + np.array([0, 0.2, 0], np.float32), 1e-4, 1e-4, 1, range_atol=True).ok
+
+
+def test_a_model_only_xnnpack_can_run_is_verified_with_xnnpack(tmp_path, capsys):
+    """onnx2tf's float16 output keeps activations in float16: the built-in
+    kernels refuse it (conv.cc wants float32), XNNPACK runs it. The tool must
+    verify with XNNPACK, say so, and not call the input unrunnable."""
+    import json
+
+    from conftest import FIXTURES
+    from tflite_fuser.cli import main
+
+    report = tmp_path / "r.json"
+    rc = main([str(FIXTURES / "onnx2tf" / "groups4_dgc_fp16.tflite"), str(tmp_path / "out.tflite"),
+               "--report", str(report)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    v = json.loads(report.read_text())["verification"]
+    assert v["ok"] and v["kernels"] == "xnnpack"
+    assert "built-in kernels cannot run the input model" in v["kernels_note"]
+    assert "XNNPACK kernels" in out and "verified with the XNNPACK kernels instead" in out
+    assert json.loads(report.read_text())["output"]["op_counts"].get("SPLIT", 0) == 0
+
+
+def test_a_model_no_kernel_set_runs_exits_2_naming_both(tmp_path, capsys):
+    """onnx2tf's float16 ResNeXt in split form: 32-way float16 SPLITs, which
+    XNNPACK does not take and the built-in kernels refuse."""
+    from conftest import FIXTURES
+    from tflite_fuser.cli import main
+
+    rc = main([str(FIXTURES / "onnx2tf" / "resnext_dgc_fp16.tflite"), str(tmp_path / "out.tflite")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "built-in kernels:" in err[0] and "XNNPACK kernels:" in err[0] and "--no-verify" in err[0]
+    assert not (tmp_path / "out.tflite").exists()

@@ -40,14 +40,20 @@ def _same_file(a, b) -> bool:
 
 
 def write_temp(dst: Path, chunks) -> Path:
-    """Write ``chunks`` (an object with ``write_to(f)``) next to ``dst``."""
+    """Write ``chunks`` (an object with ``write_to(f)``, or bytes) next to
+    ``dst``, with the mode the finished file should have (see
+    :func:`apply_mode`)."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     except OSError as e:
         raise WriteError(f"{dst}: cannot create the output there ({e.strerror or e})") from None
     try:
+        apply_mode(fd, dst)
         with os.fdopen(fd, "wb") as f:
-            chunks.write_to(f)
+            if isinstance(chunks, (bytes, bytearray, memoryview)):
+                f.write(chunks)
+            else:
+                chunks.write_to(f)
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
@@ -59,13 +65,61 @@ def write_temp(dst: Path, chunks) -> Path:
     return Path(tmp)
 
 
+def apply_mode(fd: int, dst: Path) -> None:
+    """Give the file open as ``fd`` the permissions ``dst`` should end with.
+
+    ``mkstemp`` creates files 0600 whatever the umask. A file that replaces an
+    existing one (``--in-place``, or an OUT that exists) keeps that file's
+    mode, and its owner and group where we may set them; a new file gets
+    ``0666 & ~umask``, like the output of any other tool.
+    """
+    try:
+        st = os.stat(dst)
+    except OSError:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        return
+    os.fchmod(fd, st.st_mode & 0o7777)
+    if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError:  # not ours to give away: keep the mode at least
+            pass
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS tells it
+    (``os.umask`` can only be read by setting it, which races with threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def free_backup_name(dst: Path) -> Path:
+    """``dst.orig``, or ``dst.orig.1``, ``dst.orig.2`` ... when earlier runs
+    left backups: an existing backup is never overwritten (it may be the only
+    copy of the user's original model)."""
+    first = dst.with_name(dst.name + ".orig")
+    if not first.exists():
+        return first
+    n = 1
+    while dst.with_name(f"{first.name}.{n}").exists():
+        n += 1
+    return dst.with_name(f"{first.name}.{n}")
+
+
 def commit(tmp: Path, dst: Path, backup: Path | None = None) -> None:
-    """Move ``tmp`` over ``dst``; keep the previous ``dst`` as ``backup`` first."""
+    """Move ``tmp`` over ``dst``; keep the previous ``dst`` as ``backup`` first
+    (``backup`` must not exist: see :func:`free_backup_name`)."""
     try:
         if backup is not None and dst.exists():
-            if backup.exists():
-                backup.unlink()
-            os.link(dst, backup)  # the old inode stays intact under the new name
+            os.link(dst, backup)  # the old inode stays intact under the new name; fails if backup exists
         os.replace(tmp, dst)
         _fsync_dir(dst.parent)
     except OSError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from typing import Sequence
@@ -18,6 +19,9 @@ from .schema import type_name
 from .verifier import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_RUNS, load_npz
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+#: the reader of our output went away (``| head``): what a shell reports for a
+#: process that SIGPIPE ended, without the noise of dying by it
+EXIT_PIPE_CLOSED = 141
 
 EXIT_CODES = f"""\
 exit codes:
@@ -27,6 +31,7 @@ exit codes:
   {EXIT_BAD_INPUT}  bad usage or bad input: missing/unreadable/corrupt model, unwritable
      output, output == input without --in-place; nothing written
   {EXIT_INTERNAL}  internal error (a bug in tflite-fuse: please report it with the model)
+  {EXIT_PIPE_CLOSED}  the program reading our output closed the pipe (e.g. `| head`); quietly
 """
 
 
@@ -90,7 +95,9 @@ def _fuse_parser() -> argparse.ArgumentParser:
                    help="write the output even if verification fails (exit code stays 1)")
     o = p.add_argument_group("output")
     o.add_argument("--in-place", action="store_true",
-                   help="replace IN with the fused model (keeps IN.orig unless --no-backup)")
+                   help="replace IN with the fused model, keeping the original as IN.orig (or IN.orig.1, "
+                        "IN.orig.2 ... when earlier runs left one: a backup is never overwritten) unless "
+                        "--no-backup; when nothing is fused, IN is left untouched")
     o.add_argument("--no-backup", action="store_true", help="with --in-place: keep no backup")
     o.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     o.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -125,12 +132,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tflite-fuse: interrupted; nothing written", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE_CLOSED
     except Exception as e:  # a bug: say so in one line, show the trace only on -v
         if verbose:
             traceback.print_exc()
         print(f"tflite-fuse: internal error: {type(e).__name__}: {e} (please report; -v shows the trace)",
               file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of
+    what is still buffered does not raise a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (tests, embedding)
+        pass
 
 
 def _csv(s: str) -> list[str]:
@@ -217,8 +238,10 @@ def _fuse(args: argparse.Namespace) -> int:
         _write_report(args.report, result.report)
     if not args.quiet:
         print(render(result.report, verbose=args.verbose))
-    elif not result.ok:
-        print(f"tflite-fuse: verification failed: {result.verification.message}", file=sys.stderr)
+    if not result.ok:  # on stderr too: a script that keeps only stderr must see it
+        sys.stdout.flush()
+        print(f"tflite-fuse: verification failed: {result.verification.message}"
+              + ("; written anyway (--force)" if result.written else "; nothing written"), file=sys.stderr)
     return result.exit_code
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import __version__
-from .atomic import check_destination, commit, discard, write_temp
+from .atomic import check_destination, commit, discard, free_backup_name, write_temp
 from .errors import UsageError
 from .graph import Model
 from .passes import PassContext, PassOptions, select
@@ -24,7 +24,7 @@ from .report import REPORT_VERSION, model_stats
 from .sandbox import DEFAULT_TIMEOUT, verify_isolated
 from .validate import unsorted_subgraphs, validate
 from .verifier import DEFAULT_ATOL, DEFAULT_INPUT_RANGE, DEFAULT_RTOL, DEFAULT_RUNS, Verification, verify
-from .writer import serialize
+from .writer import Chunks, serialize
 
 FP16_MODES = ("keep", "exact", "float32")
 #: Verification tolerance (rtol, and atol in units of each output's range)
@@ -153,13 +153,22 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
                      f"(--fp16-weights float32 folds exactly and verifies at the normal tolerance; "
                      f"--fp16-weights exact folds only where float16 holds the result exactly)")
 
-    say("writing")
-    chunks = serialize(model, external_buffers)
-    tmp = write_temp(dst_path, chunks) if dst_path is not None else None
+    # Nothing rewritten: the output is the input, byte for byte. Nothing to
+    # prove, and --in-place leaves the file (and its backups) alone.
+    nothing_to_fuse = bool(counts) and not any(counts.values())
+    if nothing_to_fuse:
+        chunks = Chunks([buf])
+        tmp = write_temp(dst_path, buf) if dst_path is not None and not in_place else None
+        verify_output = False
+    else:
+        say("writing")
+        chunks = serialize(model, external_buffers)
+        tmp = write_temp(dst_path, chunks) if dst_path is not None else None
     after = model_stats(model, chunks.nbytes, str(dst_path) if dst_path else None)
     t_write = time.perf_counter()
 
     verification = None
+    written = backup_path = None
     try:
         if verify_output:
             say("verifying")
@@ -174,11 +183,9 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
                 verification = verify(original, candidate, progress=say, **check)
         t_verify = time.perf_counter()
         ok = verification is None or verification.ok
-        written = None
-        backup_path = None
         if tmp is not None and (ok or force):
             if in_place and backup:
-                backup_path = dst_path.with_name(dst_path.name + ".orig")
+                backup_path = free_backup_name(dst_path)
             commit(tmp, dst_path, backup_path)
             tmp = None
             written = dst_path
@@ -195,6 +202,8 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
                     for s in ctx.standing_skips()],
         "verification": verification.to_dict() if verification is not None else None,
         "notes": notes,
+        "rewrites": [{"pass": r.pass_name, "subgraph": r.subgraph, "what": r.what} for r in ctx.rewrites],
+        "nothing_to_fuse": nothing_to_fuse,
         "written": written is not None,
         "backup": str(backup_path) if backup_path else None,
         "exit_code": 0 if ok else 1,

@@ -81,8 +81,13 @@ def parse(buf: memoryview, label: str = "<bytes>") -> Model:
         return _Reader(buf, label).model()
     except BadModelError:
         raise
-    except (IndexError, struct.error, ValueError, TypeError, OverflowError,
-            UnicodeDecodeError, AttributeError, KeyError, RecursionError, MemoryError) as e:
+    except (IndexError, struct.error, ValueError) as e:
+        # Reads past the end: what a cut-off download or copy looks like
+        # (a flipped offset looks the same, so both are named).
+        raise BadModelError(f"{label}: truncated or corrupt: the model refers to data past the end of the "
+                            f"file ({len(buf)} bytes; {type(e).__name__}: {e})") from None
+    except (TypeError, OverflowError, UnicodeDecodeError, AttributeError, KeyError, RecursionError,
+            MemoryError) as e:
         raise BadModelError(f"{label}: corrupt or truncated flatbuffer ({type(e).__name__}: {e})") from None
 
 
@@ -105,14 +110,15 @@ class _Reader:
 
     def charge(self, n: int, what: str) -> None:
         if n < 0 or n > len(self.buf):
-            raise self.bad(f"{what}: length {n} exceeds the file")
+            raise self.bad(f"truncated or corrupt: {what}: {n} entries cannot fit in the file ({len(self.buf)} bytes)")
         self.budget -= n
         if self.budget < 0:
             raise self.bad(f"corrupt flatbuffer: {what} references more tables than the file can hold")
 
     def external_bytes(self, offset: int, size: int, what: str) -> np.ndarray:
         if offset + size > len(self.buf):
-            raise self.bad(f"{what} lies outside the file (offset {offset}, size {size}, file {len(self.buf)})")
+            raise self.bad(f"truncated or corrupt: {what} lies past the end of the file "
+                           f"(offset {offset}, size {size}, file {len(self.buf)} bytes)")
         return np.frombuffer(self.buf, np.uint8, size, offset)
 
     # ------------------------------------------------------------------ model

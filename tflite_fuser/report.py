@@ -48,39 +48,70 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
         lines.append("  passes: " + ", ".join(f"{p['name']} {p['rewrites']}" for p in report["passes"]))
     else:
         lines.append("  passes: none (verified round trip)")
+    if verbose and report["rewrites"]:
+        lines.append(f"  rewrites ({len(report['rewrites'])}):")
+        lines.extend(f"    {r['pass']}: {_where(r)}{r['what']}" for r in report["rewrites"])
     if report["skipped"]:
         if verbose:
             lines.append(f"  left alone ({len(report['skipped'])}):")
-            lines.extend(f"    {s['pass']}: {s['op']}: {s['reason']}" for s in report["skipped"])
+            lines.extend(f"    {s['pass']}: {_where(s)}{s['op']}: {s['reason']}" for s in report["skipped"])
         else:
             lines.append(f"  left alone: {len(report['skipped'])} candidate(s) (-v says why)")
     for note in report.get("notes", []):
         lines.append(f"  note: {note}")
     v = report["verification"]
-    if v is None:
+    if report["nothing_to_fuse"]:
+        lines.append("  nothing to fuse: no pass found anything to rewrite"
+                     + ("" if b["path"] is None or report["written"] else f"; {a['path']} left as it is"))
+    elif v is None:
         lines.append("  verification: skipped (--no-verify)")
     else:
-        status = "PASS" if v["ok"] else "FAIL"
-        lines.append(f"  verification: {status} on {v['runs']} run(s), {len(v['outputs'])} output(s), "
-                     f"{v['kernels']} kernels: max abs error {v['max_abs_error']:.3g}, "
-                     f"max rel error {v['max_rel_error']:.3g} (atol {v['atol']:g}, rtol {v['rtol']:g})")
-        if verbose or not v["ok"]:
-            for o in v["outputs"]:
-                sig = f"{o['signature']}/" if o["signature"] else ""
-                err = ("not comparable" if o["max_abs_error"] is None
-                       else f"abs {o['max_abs_error']:.3g} rel {o['max_rel_error']:.3g} "
-                            f"on values up to {o['max_abs_reference']:.3g}")
-                overflow = (f"; the original itself gives {o['nonfinite_reference']} NaN/inf values"
-                            if o["nonfinite_reference"] else "")
-                lines.append(f"    {'ok ' if o['ok'] else 'BAD'} {sig}{o['name']} {o['dtype']}{o['shape']}: "
-                             f"{err} ({o['tolerance']}){overflow}")
-        if v["message"]:
-            lines.append(f"  {v['message']}")
+        lines.extend(verification_lines(v, verbose))
     if report["written"]:
-        lines.append(f"  wrote {b['path']}" + (f" (backup {report['backup']})" if report.get("backup") else ""))
-    elif b["path"]:
+        copy = " (a byte-for-byte copy of the input)" if report["nothing_to_fuse"] else ""
+        lines.append(f"  wrote {b['path']}{copy}" + (f" (backup {report['backup']})" if report.get("backup") else ""))
+    elif b["path"] and not report["nothing_to_fuse"]:
         lines.append(f"  nothing written to {b['path']}")
     lines.append(f"  time: {report['seconds']['total']:.2f} s "
                  f"(read {report['seconds']['read']:.2f}, passes {report['seconds']['passes']:.2f}, "
                  f"write {report['seconds']['write']:.2f}, verify {report['seconds']['verify']:.2f})")
     return "\n".join(lines)
+
+
+def _where(entry: dict[str, Any]) -> str:
+    return f"subgraph {entry['subgraph']}: " if entry.get("subgraph") else ""
+
+
+def verification_lines(v: dict[str, Any], verbose: bool) -> list[str]:
+    """The verification verdict: the largest error, and how much of its own
+    bound the closest element used (the max relative error alone misleads:
+    an element near zero inflates it while atol carries it)."""
+    status = "PASS" if v["ok"] else "FAIL"
+    kernels = {"builtin": "built-in", "xnnpack": "XNNPACK"}.get(v["kernels"], v["kernels"])
+    lines = [f"  verification: {status} on {v['runs']} run(s), {len(v['outputs'])} output(s), {kernels} kernels: "
+             f"max |a-b| {v['max_abs_error']:.3g}, the closest element at {_share(v['bound_used'])} of its bound "
+             f"atol + rtol x |a| (atol {v['atol']:g}, rtol {v['rtol']:g})"]
+    if v.get("kernels_note"):
+        lines.append(f"    ({v['kernels_note']}; verified with the {kernels} kernels instead)")
+    if verbose or not v["ok"]:
+        for o in v["outputs"]:
+            sig = f"{o['signature']}/" if o["signature"] else ""
+            if o["max_abs_error"] is None:
+                err = "not comparable"
+            else:
+                err = (f"max |a-b| {o['max_abs_error']:.3g} on values up to {o['max_abs_reference']:.3g}; "
+                       f"closest element |a-b| {o['worst_abs_error']:.3g} vs its bound {o['worst_bound']:.3g} "
+                       f"(a = {o['worst_reference']:.3g})")
+            overflow = (f"; the original itself gives {o['nonfinite_reference']} NaN/inf values"
+                        if o["nonfinite_reference"] else "")
+            lines.append(f"    {'ok ' if o['ok'] else 'BAD'} {sig}{o['name']} {o['dtype']}{o['shape']}: "
+                         f"{err} ({o['tolerance']}){overflow}")
+    if v["message"]:
+        lines.append(f"  {v['message']}")
+    return lines
+
+
+def _share(x: float | None) -> str:
+    if x is None:
+        return "more than all"
+    return f"{100 * x:.0f}%" if x >= 0.01 else f"{100 * x:.2g}%"

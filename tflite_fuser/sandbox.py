@@ -11,100 +11,195 @@ last marker tells whose fault it was:
 - while loading or running the *rewritten* model: verification failed (exit 1),
   the output is not written.
 
-The child is started with ``spawn`` (a fresh interpreter, nothing inherited
-from threads the caller may run) and receives paths when it can, so a large
-model is never copied through the pipe.
+The child is a fresh ``python -m tflite_fuser.sandbox_child``, started with
+:mod:`subprocess`, not :mod:`multiprocessing`: ``spawn`` re-imports the
+caller's ``__main__``, so a deployment script without an
+``if __name__ == "__main__"`` guard, a script piped to ``python -``, or code in
+a notebook would re-run itself in the child. Our child imports nothing of the
+caller's. The job (paths when the models are files, so a large model is never
+copied through the pipe; bytes otherwise) goes to the child's stdin as one
+pickle, and the child answers with length-prefixed pickled frames on its
+stdout. The child's stderr is read too: the C++ runtime's chatter ("Created
+TensorFlow Lite XNNPACK delegate") stays off the user's terminal, and the last
+lines it wrote before a crash go into the error message.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
+import pickle
+import select
 import signal
+import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from .errors import BadModelError
-from .verifier import (STAGE_LOAD_ORIGINAL, STAGE_RUN_ORIGINAL,
-                       Verification, verify)
+from .verifier import STAGE_LOAD_ORIGINAL, STAGE_RUN_ORIGINAL, Verification
 
 #: Default limit for one verification, generous for big models on small machines.
 DEFAULT_TIMEOUT = 900.0
 
+#: frame header: payload length, little-endian uint64
+FRAME = struct.Struct("<Q")
+#: how much of the child's stderr is kept for a crash message
+_STDERR_TAIL = 4096
+#: lines of the C++ runtime that are never worth showing
+_NOISE = ("INFO: Created TensorFlow Lite", "INFO: Initialized TensorFlow Lite")
 
-def _child(conn, original, candidate, kwargs) -> None:
-    try:
-        result = verify(original, candidate, progress=lambda m: conn.send(("stage", m)), **kwargs)
-        conn.send(("result", result))
-    except BaseException as e:  # sent back and re-raised in the parent
-        conn.send(("error", e))
-    finally:
-        conn.close()
+
+def child_command() -> list[str]:
+    """The command that starts a child: this interpreter, our module."""
+    return [sys.executable, "-m", "tflite_fuser.sandbox_child"]
+
+
+def child_environment() -> dict[str, str]:
+    """The caller's environment, with our package importable even when the
+    caller found it through ``sys.path`` rather than an install."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
 
 
 def verify_isolated(original, candidate, *, timeout: float | None = DEFAULT_TIMEOUT,
                     progress: Callable[[str], None] | None = None, **kwargs: Any) -> Verification:
     """:func:`verifier.verify` in a child process, with a time limit."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, _portable(original), _portable(candidate), kwargs),
-                       daemon=True)
+    if not sys.executable:
+        raise BadModelError("cannot start the verifier's child process: this Python has no sys.executable; "
+                            "pass isolate=False (or --no-verify)")
+    job = pickle.dumps({"original": _portable(original), "candidate": _portable(candidate), "kwargs": kwargs},
+                       protocol=pickle.HIGHEST_PROTOCOL)
     start = time.monotonic()
-    proc.start()
-    child.close()
+    proc = subprocess.Popen(child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=child_environment(), close_fds=True)
+    channel = _Channel(proc)
     stage = STAGE_LOAD_ORIGINAL
     try:
+        channel.send(job)
         while True:
             left = None if timeout is None else timeout - (time.monotonic() - start)
             if left is not None and left <= 0:
                 _kill(proc)
-                return _blame(stage, f"took longer than {timeout:g} s", kwargs)
-            if parent.poll(min(left, 0.5) if left is not None else 0.5):
-                try:
-                    kind, payload = parent.recv()
-                except EOFError:
-                    proc.join()
-                    return _blame(stage, _death(proc.exitcode), kwargs)
-                if kind == "stage":
-                    stage = payload
-                    if progress and payload.startswith("verifying"):
-                        progress(payload)
-                elif kind == "result":
-                    return payload
-                else:
-                    raise payload
-            elif not proc.is_alive():
-                proc.join()
-                if not parent.poll():
-                    return _blame(stage, _death(proc.exitcode), kwargs)
+                return _blame(stage, f"took longer than {timeout:g} s", kwargs, "")
+            frame = channel.receive(min(left, 0.5) if left is not None else 0.5)
+            if frame is None:
+                if channel.closed:
+                    proc.wait()
+                    return _blame(stage, _death(proc.returncode), kwargs, channel.stderr_tail())
+                continue
+            kind, payload = frame
+            if kind == "stage":
+                stage = payload
+                if progress and payload.startswith("verifying"):
+                    progress(payload)
+            elif kind == "result":
+                return payload
+            else:
+                raise payload
     finally:
         _kill(proc)
-        parent.close()
+        channel.close()
+
+
+class _Channel:
+    """Frames from the child's stdout, and a tail of its stderr, read with
+    ``select`` so that neither pipe can fill up and block the child."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.out = proc.stdout.fileno()
+        self.err = proc.stderr.fileno()
+        self.pending = bytearray()
+        self.errors = bytearray()
+        self.open = {self.out, self.err}
+
+    @property
+    def closed(self) -> bool:
+        return self.out not in self.open
+
+    def send(self, job: bytes) -> None:
+        try:
+            self.proc.stdin.write(job)
+            self.proc.stdin.close()
+        except BrokenPipeError:  # the child died at start-up; receive() reports it
+            pass
+
+    def receive(self, wait: float) -> tuple[str, Any] | None:
+        """The next complete frame, or None after ``wait`` seconds without one."""
+        deadline = time.monotonic() + wait
+        while True:
+            frame = self._frame()
+            if frame is not None:
+                return frame
+            left = deadline - time.monotonic()
+            if not self.open or left <= 0:
+                return None
+            ready, _, _ = select.select(list(self.open), [], [], left)
+            for fd in ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    self.open.discard(fd)
+                elif fd == self.out:
+                    self.pending += chunk
+                else:
+                    self.errors += chunk
+                    del self.errors[:-_STDERR_TAIL]
+
+    def _frame(self) -> tuple[str, Any] | None:
+        if len(self.pending) < FRAME.size:
+            return None
+        (n,) = FRAME.unpack_from(self.pending)
+        if len(self.pending) < FRAME.size + n:
+            return None
+        payload = bytes(self.pending[FRAME.size:FRAME.size + n])
+        del self.pending[:FRAME.size + n]
+        return pickle.loads(payload)
+
+    def stderr_tail(self) -> str:
+        lines = [ln.strip() for ln in self.errors.decode("utf-8", "replace").splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith(_NOISE)]
+        return lines[-1] if lines else ""
+
+    def close(self) -> None:
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:  # pragma: no cover
+                pass
 
 
 def _portable(model):
     return os.fspath(model) if isinstance(model, os.PathLike) else model
 
 
-def _death(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
+def _death(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
         try:
-            return f"crashed ({signal.Signals(-exitcode).name})"
+            return f"crashed ({signal.Signals(-returncode).name})"
         except ValueError:
-            return f"crashed (signal {-exitcode})"
-    return f"exited unexpectedly (code {exitcode})"
+            return f"crashed (signal {-returncode})"
+    return f"exited unexpectedly (code {returncode})"
 
 
-def _blame(stage: str, what: str, kwargs) -> Verification:
+def _blame(stage: str, what: str, kwargs, last_words: str) -> Verification:
+    said = f" ({last_words})" if last_words else ""
     if stage in (STAGE_LOAD_ORIGINAL, STAGE_RUN_ORIGINAL):
-        raise BadModelError(f"the TFLite interpreter {what} while {stage}; "
+        raise BadModelError(f"the TFLite interpreter {what} while {stage}{said}; "
                             f"pass --no-verify to skip verification")
     return Verification(ok=False, runs=0, atol=kwargs.get("atol", 0.0), rtol=kwargs.get("rtol", 0.0),
                         seed=kwargs.get("seed", 0), kernels="xnnpack" if kwargs.get("xnnpack") else "builtin",
-                        message=f"the TFLite interpreter {what} while {stage}")
+                        message=f"the TFLite interpreter {what} while {stage}{said}")
 
 
-def _kill(proc) -> None:
-    if proc.is_alive():
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
         proc.kill()
-    proc.join(timeout=5)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        pass

@@ -62,6 +62,31 @@ class OutputCheck:
     ok: bool
     max_abs_reference: float | None = None  # largest finite |a|: the output's scale
     nonfinite_reference: int = 0  # NaN/inf values in the original's output (it overflowed)
+    #: the largest share of its own bound any element used: ``|a-b| / (atol +
+    #: rtol*|a|)`` (or ``/ steps`` for integers); above 1 fails. This, not the
+    #: max relative error (which an element near zero inflates while atol
+    #: carries it), says how close the output came to failing.
+    bound_used: float | None = None
+    #: that element: its ``|a-b|``, its bound, and its reference value ``a``
+    worst_abs_error: float | None = None
+    worst_bound: float | None = None
+    worst_reference: float | None = None
+
+    def merge(self, other: "OutputCheck") -> "OutputCheck":
+        """This check and ``other`` (the same output on another input set)."""
+        if self.max_abs_error is None:
+            return self
+        if other.max_abs_error is None:
+            return other
+        self.max_abs_error = max(self.max_abs_error, other.max_abs_error)
+        self.max_rel_error = max(self.max_rel_error, other.max_rel_error)
+        self.max_abs_reference = max(self.max_abs_reference or 0.0, other.max_abs_reference or 0.0)
+        self.nonfinite_reference += other.nonfinite_reference
+        self.ok = self.ok and other.ok
+        if self.bound_used is not None and (other.bound_used is None or other.bound_used > self.bound_used):
+            self.bound_used, self.worst_abs_error = other.bound_used, other.worst_abs_error
+            self.worst_bound, self.worst_reference = other.worst_bound, other.worst_reference
+        return self
 
 
 @dataclass
@@ -75,8 +100,12 @@ class Verification:
     outputs: list[OutputCheck] = field(default_factory=list)
     max_abs_error: float = 0.0
     max_rel_error: float = 0.0
+    #: the largest share of its bound any output element used (see OutputCheck)
+    bound_used: float | None = 0.0
     seconds: float = 0.0
     message: str = ""
+    #: why ``kernels`` is not the kernel set asked for (it could not run the input)
+    kernels_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,22 +224,65 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UsageError(f"{path}: not a readable .npz of input arrays ({e})") from None
 
 
+KERNEL_SETS = ("builtin", "xnnpack")
+
+
+class _OriginalDoesNotRun(Exception):
+    """The input model fails in this kernel set; another may run it."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
 def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
            runs: int = DEFAULT_RUNS, seed: int = 0, inputs: Mapping[str, np.ndarray] | None = None,
            input_range=DEFAULT_INPUT_RANGE, input_shapes=None, quant_steps: int = 1, range_atol: bool = False,
            xnnpack: bool = False, num_threads: int | None = None,
            progress: Callable[[str], None] | None = None) -> Verification:
-    """Compare ``candidate`` against ``original`` (paths or bytes)."""
+    """Compare ``candidate`` against ``original`` (paths or bytes).
+
+    The kernels asked for (built-in by default, XNNPACK with ``xnnpack``)
+    are tried first. When they cannot load or run the *original* (the
+    built-in kernels reject float16 activations that XNNPACK runs, for
+    instance), the other set is tried, and the result says which ran and
+    why; only when neither runs the original is the input reported as
+    unverifiable.
+    """
+    order = ["xnnpack", "builtin"] if xnnpack else ["builtin", "xnnpack"]
+    refused: list[tuple[str, str]] = []
+    for kernels in order:
+        try:
+            result = _verify_with(kernels, original, candidate, atol=atol, rtol=rtol, runs=runs, seed=seed,
+                                  inputs=inputs, input_range=input_range, input_shapes=input_shapes,
+                                  quant_steps=quant_steps, range_atol=range_atol, num_threads=num_threads,
+                                  progress=progress)
+        except _OriginalDoesNotRun as e:
+            refused.append((kernels, e.what))
+            continue
+        if refused:
+            result.kernels_note = "; ".join(f"the {KERNEL_NAMES[k]} cannot run the input model ({why})"
+                                            for k, why in refused)
+        return result
+    raise BadModelError("the TFLite interpreter cannot run the input model, so the rewrite cannot be verified ("
+                        + "; ".join(f"{KERNEL_NAMES[k]}: {why}" for k, why in refused)
+                        + "); pass --no-verify to skip verification")
+
+
+KERNEL_NAMES = {"builtin": "built-in kernels", "xnnpack": "XNNPACK kernels"}
+
+
+def _verify_with(kernels: str, original, candidate, *, atol, rtol, runs, seed, inputs, input_range,
+                 input_shapes, quant_steps, range_atol, num_threads, progress) -> Verification:
     start = time.perf_counter()
-    result = Verification(ok=True, runs=0, atol=atol, rtol=rtol, seed=seed,
-                          kernels="xnnpack" if xnnpack else "builtin")
+    xnnpack = kernels == "xnnpack"
+    result = Verification(ok=True, runs=0, atol=atol, rtol=rtol, seed=seed, kernels=kernels)
     say = progress or (lambda _msg: None)
     say(STAGE_LOAD_ORIGINAL)
     try:
         ref_r = _runnables(_interpreter(original, xnnpack, num_threads))
     except (ValueError, RuntimeError) as e:
-        raise BadModelError(f"the TFLite interpreter cannot load the input model, so the rewrite cannot be "
-                            f"verified ({_first_line(e)}); pass --no-verify to skip verification") from None
+        raise _OriginalDoesNotRun(f"it does not load: {_first_line(e)}") from None
     say(STAGE_LOAD_CANDIDATE)
     try:
         new_r = _runnables(_interpreter(candidate, xnnpack, num_threads))
@@ -235,8 +307,7 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
             try:
                 a = ref.run(feeds)
             except (ValueError, RuntimeError) as e:
-                raise BadModelError(f"the TFLite interpreter cannot run the input model ({_first_line(e)}); "
-                                    f"pass --no-verify to skip verification") from None
+                raise _OriginalDoesNotRun(f"it fails to run: {_first_line(e)}") from None
             say(STAGE_RUN_CANDIDATE)
             try:
                 b = new.run(feeds)
@@ -251,17 +322,7 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
             for (name, x), y in zip(a.items(), b.values()):
                 check = _compare(sig, name, x, y, atol, rtol, quant_steps, range_atol)
                 prev = worst.get((sig, name))
-                if prev is None:
-                    worst[(sig, name)] = check
-                elif prev.max_abs_error is not None:
-                    if check.max_abs_error is None:
-                        worst[(sig, name)] = check
-                    else:
-                        prev.max_abs_error = max(prev.max_abs_error, check.max_abs_error)
-                        prev.max_abs_reference = max(prev.max_abs_reference or 0.0, check.max_abs_reference or 0.0)
-                        prev.nonfinite_reference += check.nonfinite_reference
-                        prev.max_rel_error = max(prev.max_rel_error, check.max_rel_error)
-                        prev.ok = prev.ok and check.ok
+                worst[(sig, name)] = check if prev is None else prev.merge(check)
         result.runs += 1
 
     result.outputs = list(worst.values())
@@ -270,6 +331,8 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
                                default=0.0)
     result.max_rel_error = max((c.max_rel_error for c in result.outputs if c.max_rel_error is not None),
                                default=0.0)
+    shares = [c.bound_used for c in result.outputs if c.max_abs_error is not None]
+    result.bound_used = None if None in shares else max(shares, default=0.0)
     if not result.ok:
         bad = [f"{c.signature + '/' if c.signature else ''}{c.name}" for c in result.outputs if not c.ok]
         result.message = f"outputs differ beyond tolerance: {', '.join(bad)}"
@@ -306,8 +369,9 @@ def _compare(sig: str, name: str, a: np.ndarray, b: np.ndarray, atol: float, rto
         scale = np.maximum(np.abs(a.astype(np.float64)), 1.0)
         max_rel = float((diff / scale).max(initial=0.0))
         steps = quant_steps if a.dtype.kind in "iu" and a.dtype.itemsize <= 2 else 0
-        return OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, f"±{steps} step",
-                           bool(max_abs <= steps), float(np.abs(a.astype(np.float64)).max(initial=0.0)))
+        check = OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, f"±{steps} step",
+                            bool(max_abs <= steps), float(np.abs(a.astype(np.float64)).max(initial=0.0)))
+        return _with_worst(check, diff.astype(np.float64), np.full(diff.shape, float(steps)), a)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     finite = np.isfinite(a64) & np.isfinite(b64)
     # Non-finite values must agree exactly (same inf, both nan).
@@ -317,15 +381,33 @@ def _compare(sig: str, name: str, a: np.ndarray, b: np.ndarray, atol: float, rto
     finite_a = np.abs(a64[np.isfinite(a64)])
     scale = float(finite_a.max(initial=0.0))
     eff_atol = atol * max(1.0, scale) if range_atol else atol
-    bound = eff_atol + rtol * np.abs(a64)
+    with np.errstate(invalid="ignore"):
+        bound = eff_atol + rtol * np.where(finite, np.abs(a64), 0.0)
     max_abs = float(diff.max(initial=0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(finite & (a64 != 0), diff / np.abs(a64), 0.0)
     max_rel = float(rel.max(initial=0.0))
     ok = bool(same_nonfinite and np.all(np.where(finite, diff <= bound, True)))
     tol = f"atol={eff_atol:g}{' (range)' if range_atol else ''} rtol={rtol:g}"
-    return OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, tol, ok, scale,
-                       int(a64.size - finite_a.size))
+    check = OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, tol, ok, scale,
+                        int(a64.size - finite_a.size))
+    return _with_worst(check, diff, bound, a64)
+
+
+def _with_worst(check: OutputCheck, diff: np.ndarray, bound: np.ndarray, ref: np.ndarray) -> OutputCheck:
+    """Fill in the element that used the largest share of its own bound."""
+    if diff.size == 0:
+        check.bound_used = 0.0
+        return check
+    with np.errstate(divide="ignore", invalid="ignore"):
+        used = np.where(bound > 0, diff / bound, np.where(diff > 0, np.inf, 0.0))
+    i = int(np.argmax(used))
+    share = float(used.reshape(-1)[i])
+    check.bound_used = share if np.isfinite(share) else None  # None: an exact match (bound 0) was missed
+    check.worst_abs_error = float(diff.reshape(-1)[i])
+    check.worst_bound = float(bound.reshape(-1)[i])
+    check.worst_reference = float(ref.reshape(-1)[i])
+    return check
 
 
 def _first_line(e: BaseException) -> str:

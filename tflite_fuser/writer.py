@@ -40,7 +40,7 @@ def _enc(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
 
-class _Chunks:
+class Chunks:
     """The finished model as a list of byte chunks, written without joining them
     (joining would copy every weight a second time). A chunk that is a
     buffer's bytes carries the buffer, whose file-backed pages are released
@@ -63,7 +63,7 @@ class _Chunks:
                 buf.release()
 
 
-def serialize(model: Model, external: bool | None = None) -> _Chunks:
+def serialize(model: Model, external: bool | None = None) -> Chunks:
     """Serialise ``model``; ``external=None`` keeps the source's form and
     switches to external buffers only when inline ones cannot fit."""
     model.prune()
@@ -73,7 +73,7 @@ def serialize(model: Model, external: bool | None = None) -> _Chunks:
     return _serialize_external(model, data) if external else _serialize_inline(model, data)
 
 
-def _serialize_inline(model: Model, data: list[Buffer]) -> _Chunks:
+def _serialize_inline(model: Model, data: list[Buffer]) -> Chunks:
     # Tail layout: [pad][len][bytes] per buffer, bytes 16-aligned in the file
     # (the tables in front are padded to a multiple of 16, see _build).
     refs, tail, pos = {}, [], 0
@@ -83,10 +83,10 @@ def _serialize_inline(model: Model, data: list[Buffer]) -> _Chunks:
         refs[b] = -pos  # builder offset of a position ``pos`` bytes past the tables' end
         tail += [bytes(pad), struct.pack("<I", b.nbytes), (b.data, b)]
         pos += _PREFIX + b.nbytes
-    return _Chunks([_build(model, inline=refs)] + tail)
+    return Chunks([_build(model, inline=refs)] + tail)
 
 
-def _serialize_external(model: Model, data: list[Buffer]) -> _Chunks:
+def _serialize_external(model: Model, data: list[Buffer]) -> Chunks:
     # Build once to learn the tables' size (offset values never change it:
     # every one is a non-default uint64), then again with the real offsets.
     size = len(_build(model, external={b: (1 << 40, b.nbytes) for b in data}))
@@ -104,7 +104,7 @@ def _serialize_external(model: Model, data: list[Buffer]) -> _Chunks:
         start = offsets[b][0]
         parts += [bytes(start - end), (b.data, b)]
         end = start + b.nbytes
-    return _Chunks(parts)
+    return Chunks(parts)
 
 
 def write_model(model: Model, external: bool | None = None) -> bytes:

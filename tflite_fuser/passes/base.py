@@ -29,6 +29,19 @@ class Skip:
         return f"{self.pass_name}: {where}{self.op}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """One rewrite a pass made: which pass, where, and what it did, in words."""
+
+    pass_name: str
+    subgraph: int
+    what: str
+
+    def __str__(self) -> str:
+        where = f"subgraph {self.subgraph}: " if self.subgraph else ""
+        return f"{self.pass_name}: {where}{self.what}"
+
+
 @dataclass
 class PassOptions:
     """Knobs a user can turn; every pass reads only what it needs."""
@@ -60,6 +73,8 @@ class PassContext:
     frozen: set = field(default_factory=set)
     #: weight tensors a fold re-rounded to float16 (fp16_weights="keep")
     fp16_rerounded: int = 0
+    #: every rewrite made, in order (``-v`` and the report list them)
+    rewrites: list[Rewrite] = field(default_factory=list)
 
     def skip(self, op: Operator | str, reason: str) -> None:
         """Record that a candidate at ``op`` was left alone, and why."""
@@ -75,9 +90,12 @@ class PassContext:
         live = {op for sg in self.model.subgraphs for op in sg.live_operators()}
         return [s for s in self.skips if s.target is None or s.target in live]
 
-    def note(self, message: str) -> None:
+    def rewrote(self, what: str) -> None:
+        """Record a rewrite just made, described in words."""
+        r = Rewrite(self.current_pass, self.subgraph_index, what)
+        self.rewrites.append(r)
         if self.log:
-            self.log(f"{self.current_pass}: {message}")
+            self.log(f"rewrote {r}")
 
 
 def describe(op: Operator | str) -> str:

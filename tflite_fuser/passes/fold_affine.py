@@ -131,10 +131,9 @@ class FoldAffine(FusionPass):
     @staticmethod
     def _candidates(sg: Subgraph, ctx: PassContext, t: Tensor) -> list[Operator]:
         """The MUL/ADD/SUB/DIV readers of ``t`` whose other operand is a
-        constant. Readers whose other operand is not are reported once
-        (``x * s`` with a runtime ``s`` cannot fold), except when they carry a
-        fused activation: those are residual ADDs and the like, not a
-        batch norm left apart, and listing each of them is noise."""
+        constant. A reader whose other operand is computed (a residual ADD, a
+        squeeze-excite gate ``x * s``) is no batch norm left apart: it is not
+        a candidate, and saying it was "left alone" would be noise."""
         found = []
         for u in sg.consumers(t):
             if u.code not in AFFINE or len(u.inputs) != 2:
@@ -142,8 +141,6 @@ class FoldAffine(FusionPass):
             other = u.inputs[1] if u.inputs[0] is t else u.inputs[0]
             if other is not None and (other.is_constant or float_constant(sg, other)[0] is not None):
                 found.append(u)
-            elif u.options is not None and fused_activation(u) in (None, Act.NONE):
-                ctx.skip(u, f"the other operand of {u.type_name} is not a constant")
         return found
 
     @staticmethod
@@ -228,5 +225,5 @@ class FoldAffine(FusionPass):
                           fusedActivationFunction=act)
         writer.commit([op] + chain, new_op)
         drop_dead_dequantize(model, sg, [t for c in chain for t in c.inputs])
-        ctx.note(f"folded {' -> '.join(c.type_name for c in chain)} into {op.type_name} -> {out.name!r}")
+        ctx.rewrote(f"folded {' -> '.join(c.type_name for c in chain)} into {op.type_name} -> {out.name!r}")
         return 1

@@ -182,7 +182,7 @@ class FoldInputAffine(FusionPass):
         new_op = clone_op(op, inputs=with_inputs(op, changes), opcode=opcode)
         writer.commit(chain + [op], new_op)
         drop_dead_dequantize(model, sg, [t for c in chain for t in c.inputs])
-        ctx.note(f"folded {' -> '.join(c.type_name for c in reversed(chain))} into the input of "
+        ctx.rewrote(f"folded {' -> '.join(c.type_name for c in reversed(chain))} into the input of "
                  f"{op.type_name} -> {op.outputs[0].name!r}")
         return 1
 

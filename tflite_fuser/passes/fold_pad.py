@@ -62,7 +62,7 @@ class FoldPadIntoConv(FusionPass):
             return 0
         new_op = clone_op(conv, inputs=[pad.inputs[0]] + conv.inputs[1:], padding=Padding.SAME)
         sg.replace([pad, conv], new_op)
-        ctx.note(f"folded {pad.type_name} into {conv.type_name} -> {conv.outputs[0].name!r} as SAME padding")
+        ctx.rewrote(f"folded {pad.type_name} into {conv.type_name} -> {conv.outputs[0].name!r} as SAME padding")
         return 1
 
     @staticmethod

@@ -190,7 +190,7 @@ class FuseActivation(FusionPass):
         new_op = clone_op(p, outputs=[z] + list(p.outputs[1:]), opcode=opcode, fusedActivationFunction=act)
         sg.replace([p] + chain, new_op)
         drop_dead_dequantize(model, sg, [t for c in chain for t in c.inputs])
-        ctx.note(f"fused {' -> '.join(c.type_name for c in chain)} into {p.type_name} -> {z.name!r} "
+        ctx.rewrote(f"fused {' -> '.join(c.type_name for c in chain)} into {p.type_name} -> {z.name!r} "
                  f"as {ACT_NAMES[act]}")
         return 1
 

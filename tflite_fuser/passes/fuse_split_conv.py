@@ -119,6 +119,12 @@ class FuseSplitConv(FusionPass):
             ctx.skip(cat, "would become a grouped CONV_2D, which --no-grouped-conv turns off")
             return 0
         self.rewrite(model, sg, m, ctx.options.fp16_weights == "float32")
+        kind = ("DEPTHWISE_CONV_2D" + (f" (depth multiplier {m.plan.depth_multiplier})"
+                                        if m.plan.depth_multiplier > 1 else "")
+                if m.plan.is_depthwise else f"grouped CONV_2D ({m.plan.groups} groups)")
+        ctx.rewrote(f"merged {m.partition.ops[0].type_name} -> {len(m.branches)} x {m.branches[0].op.type_name} "
+                    f"-> CONCATENATION{' -> ' + m.post.type_name if m.post else ''} into {kind} "
+                    f"-> {m.output.name!r}")
         return 1
 
     # ------------------------------------------------------------- matching
@@ -238,7 +244,7 @@ class FuseSplitConv(FusionPass):
     def _types_agree(self, part: Partition, producers: list[Operator], branches: list[Branch],
                      out: Tensor) -> str | None:
         x = part.source
-        if x.dtype not in (TensorType.FLOAT32, *_QUANTIZED):
+        if x.dtype not in (TensorType.FLOAT32, TensorType.FLOAT16, *_QUANTIZED):
             return f"{type_name(x.dtype)} activations are not handled"
         kinds = {(b.filter.tensor.dtype, b.filter.dequantize is not None) for b in branches}
         if len(kinds) != 1:
@@ -249,6 +255,10 @@ class FuseSplitConv(FusionPass):
         (fdtype, _), = kinds
         if any(p.outputs[0].dtype != x.dtype for p in producers) or out.dtype != x.dtype:
             return "branch outputs are not of the input's type"
+        if x.dtype == TensorType.FLOAT16:
+            if (kinds | bias_kinds) - {(TensorType.FLOAT16, False)}:
+                return "float16 activations with weights that are not plain float16 constants"
+            return None
         if x.dtype == TensorType.FLOAT32:
             odd = (kinds | bias_kinds) - {(TensorType.FLOAT32, False), (TensorType.FLOAT16, True)}
             if odd:

@@ -61,6 +61,11 @@ class NarrowBlockDiagonalConv(FusionPass):
         if isinstance(r, str):
             ctx.skip(op, r)
             return 0
+        if r:
+            new = sg.producer(op.outputs[0])
+            what = (f"DEPTHWISE_CONV_2D" if new.code == Op.DEPTHWISE_CONV_2D
+                    else f"grouped CONV_2D ({new.inputs[0].shape[3] // new.inputs[1].shape[3]} groups)")
+            ctx.rewrote(f"narrowed block-diagonal CONV_2D -> {op.outputs[0].name!r} to {what}")
         return int(bool(r))
 
     def narrow(self, model: Model, sg: Subgraph, op: Operator, grouped: bool = True) -> bool | str:

@@ -1,0 +1,47 @@
+"""The verifier's child process: ``python -m tflite_fuser.sandbox_child``.
+
+Reads one pickled job from stdin (the two models as paths or bytes, and the
+keyword arguments of :func:`verifier.verify`), runs it, and writes
+length-prefixed pickled frames to the stdout it was started with: ``("stage",
+marker)`` as verification moves on, then ``("result", Verification)`` or
+``("error", exception)``. See :mod:`sandbox` for why this is a module run by a
+fresh interpreter and not a ``multiprocessing`` target.
+
+File descriptor 1 is pointed at stderr before any model is loaded, so that
+nothing the C++ runtime or a kernel prints can corrupt the frame stream.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+
+
+def main() -> int:
+    frames = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    job = pickle.loads(sys.stdin.buffer.read())
+
+    from .sandbox import FRAME
+    from .verifier import verify
+
+    def send(kind: str, payload) -> None:
+        data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
+        frames.write(FRAME.pack(len(data)) + data)
+
+    try:
+        result = verify(job["original"], job["candidate"], progress=lambda m: send("stage", m), **job["kwargs"])
+        send("result", result)
+    except Exception as e:  # re-raised in the parent, which knows how to report it
+        try:
+            send("error", e)
+        except Exception:  # an exception that does not pickle
+            send("error", RuntimeError(f"{type(e).__name__}: {e}"))
+    frames.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

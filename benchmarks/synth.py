@@ -26,15 +26,16 @@ def channels_for(blocks: int, total_mb: float, kernel: int = 3) -> int:
 
 
 def synthetic_model(blocks: int, total_mb: float, kernel: int = 3, spatial: int = 4, seed: int = 0,
-                    split: bool = False) -> Model:
+                    split: bool = False, channels: int | None = None) -> Model:
     """``blocks`` conv-bn-relu blocks whose filters total about ``total_mb`` MB.
 
+    ``channels`` overrides the channel count (and so the weight total).
     With ``split=True`` each block is a depthwise conv lowered to
     SPLIT -> C x CONV_2D -> CONCATENATION instead (the filters are then tiny;
     ``total_mb`` is ignored and the block count drives the op count).
     """
     rng = np.random.default_rng(seed)
-    c = 8 if split else channels_for(blocks, total_mb, kernel)
+    c = channels or (8 if split else channels_for(blocks, total_mb, kernel))
     b = ModelBuilder(description=f"synthetic: {blocks} blocks, C={c}")
     x = b.input("x", [1, spatial, spatial, c])
     std = 1.0 / math.sqrt(kernel * kernel * c)

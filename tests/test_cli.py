@@ -296,3 +296,20 @@ def test_the_pass_line_says_how_close_the_worst_element_came_to_its_bound(tmp_pa
     worst = v["outputs"][0]
     assert worst["worst_abs_error"] <= worst["worst_bound"]
     assert worst["worst_abs_error"] / worst["worst_bound"] == pytest.approx(v["bound_used"])
+
+
+@pytest.mark.parametrize("extra", [[], ["--xnnpack"]])
+def test_the_runtime_says_nothing_on_the_users_stderr(tmp_path, extra):
+    """The C++ runtime's "INFO: Created TensorFlow Lite XNNPACK delegate for
+    CPU." is not ours to print: a successful run leaves stderr empty."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "m.tflite"
+    src.write_bytes(models.conv_bn_relu().to_bytes())
+    proc = subprocess.run([sys.executable, "-m", "tflite_fuser", str(src), str(tmp_path / "o.tflite"), *extra],
+                          capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                             "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "verification: PASS" in proc.stdout

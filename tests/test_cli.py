@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
@@ -14,27 +15,33 @@ import models
 from conftest import ROOT
 from tflite_fuser import passes as passes_mod
 from tflite_fuser.cli import main
-from tflite_fuser.passes.base import FusionPass
+from tflite_fuser.passes.base import FusionPass, Match
 from tflite_fuser.schema import BuiltinOperator as Op
 
 SCHEMA = json.loads((ROOT / "schemas" / "report.schema.json").read_text())
 
 
+@dataclass
+class _Conv(Match):
+    op: object
+
+
 class _BreakConvWeights(FusionPass):
-    """A deliberately wrong pass: doubles every CONV_2D filter. Lets the tests
-    see what the tool does when a rewrite does not verify."""
+    """A deliberately wrong pass: doubles every CONV_2D filter (once). Lets
+    the tests see what the tool does when a rewrite does not verify."""
 
     name = "break-conv-weights"
     summary = "test only"
+    anchors = (Op.CONV_2D,)
 
-    def run_subgraph(self, model, sg, ctx):
-        n = 0
-        for op in list(sg.live_operators()):
-            if op.code == Op.CONV_2D:
-                w = op.inputs[1]
-                op.inputs[1] = model.new_constant(sg, w.name + "_x2", w.value() * 2, w.dtype)
-                n += 1
-        return n
+    def match(self, ctx, sg, op):
+        return None if op.inputs[1].name.endswith("_x2") else _Conv(op)
+
+    def apply(self, ctx, sg, m):
+        w = m.op.inputs[1]
+        doubled = ctx.model.new_constant(sg, w.name + "_x2", w.value() * 2, w.dtype)
+        sg.replace([m.op], m.op.copy(inputs=[m.op.inputs[0], doubled] + m.op.inputs[2:]))
+        return "doubled a CONV_2D filter"
 
 
 @pytest.fixture

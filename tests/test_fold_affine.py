@@ -29,7 +29,7 @@ def reasons(result, pass_name="fold-affine") -> list[str]:
 
 
 def ops_of(result, code):
-    return [op for op in result.model.main.live_operators() if op.code == code]
+    return [op for op in result.model.main.operators if op.code == code]
 
 
 def run_tflite(model_bytes: bytes, x: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ def reasons(result) -> list[str]:
 
 
 def the_conv(result):
-    return next(op for op in result.model.main.live_operators() if op.code in (Op.CONV_2D, Op.DEPTHWISE_CONV_2D))
+    return next(op for op in result.model.main.operators if op.code in (Op.CONV_2D, Op.DEPTHWISE_CONV_2D))
 
 
 def pad_conv(size, pads, k=3, stride=1, dilation=1, depthwise=False, conv_padding="VALID", pad_op="pad",

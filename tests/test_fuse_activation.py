@@ -20,7 +20,7 @@ def reasons(result) -> list[str]:
 
 
 def only_op(result):
-    (op,) = list(result.model.main.live_operators())
+    (op,) = list(result.model.main.operators)
     return op
 
 
@@ -203,7 +203,7 @@ def test_resnet_style_model_loses_every_foldable_mul_add_and_relu():
     before, after = result.report["input"]["op_counts"], op_counts(result)
     assert before["MUL"] > 0 and before["RELU"] > 0
     assert after == {"CONV_2D": before["CONV_2D"], "ADD": residual_adds}
-    ops = list(result.model.main.live_operators())
+    ops = list(result.model.main.operators)
     adds = [op for op in ops if op.code == Op.ADD]
     assert all(op.options.fusedActivationFunction == Act.RELU for op in adds)
     assert all(not op.inputs[0].is_constant and not op.inputs[1].is_constant for op in adds)

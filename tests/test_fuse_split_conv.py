@@ -97,7 +97,7 @@ def depthwise_then_pointwise(rng, c=3, m=1, cout=16, hw=16, **kw) -> bytes:
 
 
 def fused_op(result, code=Op.DEPTHWISE_CONV_2D):
-    ops = [op for op in result.model.main.live_operators() if op.code == code]
+    ops = [op for op in result.model.main.operators if op.code == code]
     assert ops, op_counts(result)
     return ops[0]
 
@@ -254,7 +254,7 @@ def test_missing_branch_biases_are_created_as_zeros(rng):
     model = load(b.to_bytes())
     counts, _ = run_passes(model, [PASS])
     assert counts == {PASS: 1}
-    (op,) = model.main.live_operators()
+    (op,) = model.main.operators
     np.testing.assert_array_equal(op.inputs[2].value(), np.zeros(8, np.float32))
 
 
@@ -309,7 +309,7 @@ def test_resnext_blocks_with_32_groups_in_split_form_come_back_as_grouped_conv2d
     r = fuse_and_check(resnext_split(rng))
     assert r.report["input"]["op_counts"]["CONV_2D"] == 2 * (32 + 2)
     assert op_counts(r) == {"CONV_2D": 6, "ADD": 2}
-    grouped = [op for op in r.model.main.live_operators() if op.code == Op.CONV_2D and op.inputs[1].shape[3] == 4]
+    grouped = [op for op in r.model.main.operators if op.code == Op.CONV_2D and op.inputs[1].shape[3] == 4]
     assert len(grouped) == 2 and all(op.opcode.version == 6 for op in grouped)
 
 
@@ -332,8 +332,7 @@ def test_branches_in_any_order_with_unrelated_ops_between_them(rng):
     rest = [op for op in ops if op is not split and op not in convs]
     relu, concat, relu6, pw, add = rest
     order = [split, convs[5], relu, convs[3], convs[4], relu6, convs[0], pw, convs[2], convs[1], concat, add]
-    b.sg.operators[:] = order
-    b.sg._index = None
+    b.sg.operators = order
     src = b.to_bytes()
     assert unsorted_subgraphs(load(src)) == []
     r = fuse_and_check(src)

@@ -19,7 +19,10 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from tflite_fuser.builder import ModelBuilder, conv_output_size
-from tflite_fuser.passes.fuse_split_conv import GROUPED_CONV_VERSION
+from tflite_fuser.ops import TRAITS
+from tflite_fuser.schema import BuiltinOperator as _Op
+
+GROUPED_CONV_VERSION = TRAITS[_Op.CONV_2D].versions["groups"]
 from tflite_fuser.pipeline import load, run_passes
 from tflite_fuser.writer import serialize
 from tflite_fuser.schema import BuiltinOperator as Op
@@ -121,7 +124,7 @@ def test_tf_converter_writes_grouped_conv2d_as_version_6_with_narrow_filter():
     inp = tf.keras.Input((8, 8, 32), batch_size=1)
     y = tf.keras.layers.Conv2D(64, 3, padding="same", groups=8)(inp)
     model = load(tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inp, y)).convert())
-    (conv,) = [op for op in model.main.live_operators() if op.code == Op.CONV_2D]
+    (conv,) = [op for op in model.main.operators if op.code == Op.CONV_2D]
     assert conv.opcode.version == GROUPED_CONV_VERSION
     assert conv.inputs[1].shape == [64, 3, 3, 4]
 
@@ -154,7 +157,7 @@ def test_int8_merged_conv_is_bit_exact_only_where_the_passes_use_it(width, exact
     src = int8_split_conv(rng, 64, width, 2)
     model = load(src)
     # Merge even what the pass refuses, to measure it.
-    monkeypatch.setattr(fuse_split_conv, "quantized_rewrite_refused", lambda *a: None)
+    monkeypatch.setattr(fuse_split_conv, "quantized_merge_refused", lambda *a: None)
     assert run_passes(model, ["fuse-split-conv"])[0] == {"fuse-split-conv": 1}
     merged = serialize(model).tobytes()
     x = rng.integers(-128, 128, (1, 33, 33, 64)).astype(np.int8)

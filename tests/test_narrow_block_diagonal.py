@@ -39,7 +39,7 @@ def conv_model(w, bias=None, hw=9, **kw) -> bytes:
 
 
 def only_op(result):
-    (op,) = result.model.main.live_operators()
+    (op,) = result.model.main.operators
     return op
 
 
@@ -124,7 +124,7 @@ def test_float16_filter_behind_dequantize_is_narrowed_in_float16(rng):
     b.output(b.conv2d(x, b.dequantize(b.const(dense), version=3), np.zeros(8, np.float32)))
     r = fuse_and_check(b.to_bytes(), passes=[PASS])
     assert op_counts(r) == {"DEQUANTIZE": 1, "DEPTHWISE_CONV_2D": 1}
-    deq = next(op for op in r.model.main.live_operators() if op.code == Op.DEQUANTIZE)
+    deq = next(op for op in r.model.main.operators if op.code == Op.DEQUANTIZE)
     assert deq.inputs[0].dtype == TensorType.FLOAT16
     np.testing.assert_array_equal(deq.inputs[0].value(), ohwi_to_depthwise(narrow))
 

@@ -30,7 +30,7 @@ def reasons(result, pass_name=None) -> list[str]:
 
 
 def ops(result, code):
-    return [op for op in result.model.main.live_operators() if op.code == code]
+    return [op for op in result.model.main.operators if op.code == code]
 
 
 def int8_conv(b: ModelBuilder, x, cout: int, out_q, dtype=TensorType.INT8, per_channel=True, **kw):

@@ -83,7 +83,7 @@ def test_unreferenced_source_tensors_survive_but_orphans_of_a_rewrite_do_not():
     n_tensors, n_buffers = model.num_tensors(), len(model.buffers)
     assert any(t.name == "orphan" for t in model.main.tensors)
     # Remove the only operator: its constant weights become orphans.
-    op = next(model.main.live_operators())
+    op = model.main.operators[0]
     model.main.remove_operator(op)
     model.main.outputs = []
     out = load(write_model(model))

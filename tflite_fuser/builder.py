@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .graph import Model, Operator, Subgraph, Tensor
+from .graph import Model, Operator, Subgraph, Tensor, quantization  # noqa: F401 (re-exported for tests)
 from .schema import ActivationFunctionType as Act
 from .schema import BuiltinOperator as Op
 from .schema import BuiltinOptions, Padding, TensorType, fb, op_name
@@ -87,9 +87,8 @@ class ModelBuilder:
         dt = dtype if dtype is not None else next((t.dtype for t in ins if t is not None), TensorType.FLOAT32)
         hint = name or op_name(code).lower()
         outs = [self.tensor(s, hint, dt, quantization) for s in out_shapes]
-        self.sg.operators.append(Operator(self.model.opcode(code, version), ins, outs,
-                                          options=options, options_type=options_type))
-        self.sg._index = None
+        self.sg.append_operator(Operator(self.model.opcode(code, version), ins, outs,
+                                         options=options, options_type=options_type))
         return outs
 
     # ----------------------------------------------------------- convolutions
@@ -262,13 +261,3 @@ def _conv_geometry(x: Tensor, w: Tensor, cout: int, stride, dilation, padding: s
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def quantization(scale, zero_point=0, axis: int = 0):
-    """Quantization parameters for :meth:`ModelBuilder.const`/``input``/op
-    outputs: one scale (per tensor) or one per slice along ``axis`` (per
-    channel), zero points broadcast to match."""
-    s = np.atleast_1d(np.asarray(scale, np.float64))
-    zp = np.broadcast_to(np.asarray(zero_point, np.int64), s.shape)
-    return fb.QuantizationParametersT(scale=[float(v) for v in s], zeroPoint=[int(v) for v in zp],
-                                      quantizedDimension=axis)

@@ -12,11 +12,12 @@ from typing import Sequence
 from . import __version__
 from .errors import FuseError, UsageError
 from .passes import PASS_CLASSES
+from .options import (DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_RUNS, DEFAULT_TIMEOUT, FP16_MODES, FuseOptions,
+                      PassOptions, VerifyOptions)
 from .pipeline import fuse, load
 from .report import render
-from .sandbox import DEFAULT_TIMEOUT
 from .schema import type_name
-from .verifier import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_RUNS, load_npz
+from .verifier import load_npz
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 #: the reader of our output went away (``| head``): what a shell reports for a
@@ -62,7 +63,7 @@ def _fuse_parser() -> argparse.ArgumentParser:
     g.add_argument("--passes", default="all", metavar="LIST",
                    help="comma-separated passes to run, 'all' (default) or 'none' (a verified round trip)")
     g.add_argument("--disable", default="", metavar="LIST", help="comma-separated passes not to run")
-    g.add_argument("--fp16-weights", choices=("keep", "exact", "float32"), default="keep",
+    g.add_argument("--fp16-weights", choices=FP16_MODES, default="keep",
                    help="float16 weights behind DEQUANTIZE: fold and round back to float16, same file size, "
                         "verified on the float16 grid (keep, default); fold only where float16 holds the "
                         "result exactly (exact); or store folded weights as float32 (float32)")
@@ -205,33 +206,38 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _fuse(args: argparse.Namespace) -> int:
+def options_from(args: argparse.Namespace) -> FuseOptions:
+    """The one options object a run needs, from the command line."""
     if args.runs < 1:
         raise UsageError("--runs must be at least 1")
     if args.atol < 0 or args.rtol < 0:
         raise UsageError("--atol and --rtol must not be negative")
+    if args.no_backup and not args.in_place:
+        raise UsageError("--no-backup only makes sense with --in-place")
+    passes = args.passes if args.passes in ("all", "none") else _csv(args.passes)
+    return FuseOptions(
+        passes=passes, disable=_csv(args.disable), force=args.force, in_place=args.in_place,
+        backup=not args.no_backup,
+        pass_options=PassOptions(fp16_weights=args.fp16_weights, grouped_conv=not args.no_grouped_conv),
+        verify=VerifyOptions(enabled=not args.no_verify, atol=args.atol, rtol=args.rtol, range_atol=args.range_atol,
+                             runs=args.runs, seed=args.seed, inputs=load_npz(args.inputs) if args.inputs else None,
+                             input_range=_parse_range(args.input_range),
+                             input_shapes=_parse_shapes(args.input_shape), xnnpack=args.xnnpack,
+                             timeout=args.verify_timeout))
+
+
+def _fuse(args: argparse.Namespace) -> int:
     if args.in_place:
         if args.output is not None:
             raise UsageError("--in-place takes only IN (the output is IN itself)")
         args.output = args.input
     elif args.output is None:
         raise UsageError("missing OUT (or pass --in-place)")
-    if args.no_backup and not args.in_place:
-        raise UsageError("--no-backup only makes sense with --in-place")
-    inputs = load_npz(args.inputs) if args.inputs else None
-    passes = "none" if args.passes == "none" else ("all" if args.passes == "all" else _csv(args.passes))
+    options = options_from(args)
     progress = _Progress(args.quiet, args.verbose)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose and not args.quiet else None
     try:
-        result = fuse(args.input, args.output, passes=passes, disable=_csv(args.disable),
-                      verify_output=not args.no_verify, atol=args.atol, rtol=args.rtol,
-                      range_atol=args.range_atol, runs=args.runs,
-                      seed=args.seed, inputs=inputs, input_range=_parse_range(args.input_range),
-                      input_shapes=_parse_shapes(args.input_shape), xnnpack=args.xnnpack,
-                      verify_timeout=args.verify_timeout, force=args.force,
-                      in_place=args.in_place, backup=not args.no_backup, fp16_weights=args.fp16_weights,
-                      grouped_conv=not args.no_grouped_conv,
-                      log=log, progress=progress)
+        result = fuse(args.input, args.output, options=options, log=log, progress=progress)
     finally:
         progress.done()
     if args.report:
@@ -284,14 +290,9 @@ def describe_model(model) -> dict:
     def tinfo(t):
         return {"name": t.name, "dtype": type_name(t.dtype), "shape": list(t.shape)}
 
-    subgraphs = []
-    for i, sg in enumerate(model.subgraphs):
-        counts: dict[str, int] = {}
-        for op in sg.live_operators():
-            counts[op.type_name] = counts.get(op.type_name, 0) + 1
-        subgraphs.append({"index": i, "name": sg.name, "operators": sum(counts.values()),
-                          "inputs": [tinfo(t) for t in sg.inputs], "outputs": [tinfo(t) for t in sg.outputs],
-                          "op_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))})
+    subgraphs = [{"index": i, "name": sg.name, "operators": len(sg.operators),
+                  "inputs": [tinfo(t) for t in sg.inputs], "outputs": [tinfo(t) for t in sg.outputs],
+                  "op_counts": sg.op_counts()} for i, sg in enumerate(model.subgraphs)]
     return {
         "version": model.version,
         "description": model.description,

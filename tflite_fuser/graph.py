@@ -17,13 +17,16 @@ we do not carry.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from .pagecache import RELEASE_EVERY, SPILL_BYTES, SPILL_MODEL_BYTES, Backing, release_all, spill
 from .schema import NUMPY_DTYPES, fb, op_name, type_name
+
+if TYPE_CHECKING:
+    from .pagecache import Backing
 
 
 # --------------------------------------------------------------------------- data
@@ -43,7 +46,7 @@ class Buffer:
     external: bool = False
     #: set when ``data`` is a view of a read-only file mapping (the input, or a
     #: spill file): its pages can then be dropped from memory after use.
-    backing: Backing | None = field(default=None, repr=False)
+    backing: "Backing | None" = field(default=None, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -55,22 +58,17 @@ class Buffer:
             self.backing.release()
 
     @staticmethod
-    def from_array(array: np.ndarray, spill_large: bool = False) -> "Buffer":
-        """A new buffer holding ``array``'s bytes in little-endian C order;
-        with ``spill_large``, large ones go to a temporary file (see
-        :mod:`pagecache`)."""
-        arr = np.ascontiguousarray(array)
-        if arr.dtype.byteorder == ">":
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
-        raw = arr.reshape(-1).view(np.uint8)
-        if spill_large and raw.nbytes >= SPILL_BYTES:
-            return _spilled(raw)
-        return Buffer(raw)
+    def from_array(array: np.ndarray) -> "Buffer":
+        """A new buffer holding ``array``'s bytes in little-endian C order."""
+        return Buffer(as_raw_bytes(array))
 
 
-def _spilled(raw: np.ndarray) -> Buffer:
-    data, backing = spill(raw)
-    return Buffer(data, backing=backing)
+def as_raw_bytes(array: np.ndarray) -> np.ndarray:
+    """``array``'s bytes as a 1-D uint8 array, little-endian, C order (a view when it can be)."""
+    arr = np.ascontiguousarray(array)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return arr.reshape(-1).view(np.uint8)
 
 
 @dataclass(eq=False)
@@ -104,6 +102,15 @@ class OpCode:
             deprecated_builtin_code=min(code, fb.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES),
             version=version,
         )
+
+
+def quantization(scale, zero_point=0, axis: int = 0):
+    """New quantization parameters: one scale (per tensor) or one per slice
+    along ``axis`` (per channel), zero points broadcast to match."""
+    s = np.atleast_1d(np.asarray(scale, np.float64))
+    zp = np.broadcast_to(np.asarray(zero_point, np.int64), s.shape)
+    return fb.QuantizationParametersT(scale=[float(v) for v in s], zeroPoint=[int(v) for v in zp],
+                                      quantizedDimension=axis)
 
 
 @dataclass(eq=False)
@@ -188,6 +195,10 @@ class Operator:
         outs = ",".join(t.name if t is not None else "-" for t in self.outputs)
         return f"Operator({self.type_name} -> {outs})"
 
+    def copy(self, **changes: Any) -> "Operator":
+        """A new operator with this one's fields, some changed (shallow)."""
+        return dataclasses.replace(self, **changes)
+
 
 @dataclass(eq=False)
 class SignatureDef:
@@ -197,22 +208,53 @@ class SignatureDef:
     outputs: list[tuple[str, Tensor]]
 
 
-@dataclass(eq=False)
 class Subgraph:
-    tensors: list[Tensor] = field(default_factory=list)
-    inputs: list[Tensor] = field(default_factory=list)
-    outputs: list[Tensor] = field(default_factory=list)
-    operators: list[Operator] = field(default_factory=list)
-    name: str | None = None
-    debug_metadata_index: int = -1
-    _index: "_UseIndex | None" = field(default=None, repr=False)
+    """Tensors, inputs, outputs and operators of one graph (the main model, a
+    WHILE body, ...).
+
+    ``operators`` is always in order and never holds a hole. Rewrites go
+    through :meth:`replace`, :meth:`remove_operator` and
+    :meth:`append_operator`, which keep a producer/consumer index current so
+    that a pass with thousands of rewrites stays linear. (Removal empties a
+    slot in O(1); the list is compacted, once, the next time someone reads
+    ``operators``.)
+    """
+
+    def __init__(self, tensors: list[Tensor] | None = None, inputs: list[Tensor] | None = None,
+                 outputs: list[Tensor] | None = None, operators: list[Operator] | None = None,
+                 name: str | None = None, debug_metadata_index: int = -1):
+        self.tensors: list[Tensor] = list(tensors or [])
+        self.inputs: list[Tensor] = list(inputs or [])
+        self.outputs: list[Tensor] = list(outputs or [])
+        self.name = name
+        self.debug_metadata_index = debug_metadata_index
+        self._ops: list[Operator | None] = list(operators or [])
+        self._holes = 0
+        self._index: _UseIndex | None = None
+
+    def __repr__(self) -> str:
+        return f"Subgraph({self.name!r}, {len(self.operators)} operators, {len(self.tensors)} tensors)"
+
+    @property
+    def operators(self) -> list[Operator]:
+        """The operators in order. Read it; change it through the methods (a
+        list assigned whole is fine: the index is rebuilt on demand)."""
+        if self._holes:
+            self._compact()
+        return self._ops  # type: ignore[return-value]
+
+    @operators.setter
+    def operators(self, ops: Iterable[Operator]) -> None:
+        self._ops = list(ops)
+        self._holes = 0
+        self._index = None
 
     # ---------------------------------------------------------------- queries
 
     @property
     def uses(self) -> "_UseIndex":
         if self._index is None:
-            self._index = _UseIndex(self)
+            self._index = _UseIndex(self._ops)
         return self._index
 
     def producer(self, tensor: Tensor) -> Operator | None:
@@ -223,15 +265,21 @@ class Subgraph:
         users = self.uses.consumers.get(tensor)
         return list(users) if users else []
 
-    def live_operators(self) -> Iterator[Operator]:
-        """Operators in order, skipping slots a rewrite emptied but not yet compacted."""
-        return (op for op in self.operators if op is not None)
+    def contains(self, op: Operator) -> bool:
+        """``op`` is (still) one of this graph's operators."""
+        return op in self.uses.position
 
     # -------------------------------------------------------------- mutations
 
     def add_tensor(self, tensor: Tensor) -> Tensor:
         self.tensors.append(tensor)
         return tensor
+
+    def append_operator(self, op: Operator) -> Operator:
+        if self._index is not None:
+            self._index.add(op, len(self._ops))
+        self._ops.append(op)
+        return op
 
     def replace(self, old_ops: Iterable[Operator], new_ops: Operator | list[Operator]) -> None:
         """Replace a connected set of operators by one or more new operators.
@@ -240,58 +288,71 @@ class Subgraph:
         (in the given order). Every value a new operator reads comes from
         outside the replaced set, so it is produced before the first old op,
         and every value it writes was written by the replaced set and read only
-        after it: the operator list stays topologically sorted. Emptied slots
-        hold ``None`` until :meth:`compact`, so that a long pass does not pay
-        for list deletions.
+        after it: the operator list stays topologically sorted.
         """
         old = list(dict.fromkeys(old_ops))
         news = [new_ops] if isinstance(new_ops, Operator) else list(new_ops)
         idx = self.uses
         positions = sorted(idx.position[op] for op in old)
         for op in old:
-            self.operators[idx.position[op]] = None  # type: ignore[call-overload]
+            self._ops[idx.position[op]] = None
             idx.remove(op)
         last = positions[-1]
+        self._holes += len(old) - 1
         if len(news) == 1:
-            self.operators[last] = news[0]
+            self._ops[last] = news[0]
             idx.add(news[0], last)
         else:
-            # Rare path (a rewrite into several ops): insert, then reindex.
-            self.operators[last:last + 1] = news
-            self.compact()
+            # Rare path (a rewrite into several ops): insert, then renumber.
+            self._ops[last:last + 1] = news
+            for op in news:
+                idx.add(op, last)
+            self._compact()
 
     def remove_operator(self, op: Operator) -> None:
         idx = self.uses
-        self.operators[idx.position[op]] = None  # type: ignore[call-overload]
+        self._ops[idx.position[op]] = None
         idx.remove(op)
+        self._holes += 1
 
-    def compact(self) -> None:
-        """Drop emptied operator slots and renumber positions."""
-        self.operators = [op for op in self.operators if op is not None]
-        self._index = None
+    def _compact(self) -> None:
+        """Drop emptied slots and renumber positions."""
+        self._ops = [op for op in self._ops if op is not None]
+        self._holes = 0
+        if self._index is not None:
+            self._index.position = {op: i for i, op in enumerate(self._ops)}
 
     def referenced_tensors(self) -> set[Tensor]:
         refs: set[Tensor] = set(self.inputs) | set(self.outputs)
-        for op in self.live_operators():
+        for op in self.operators:
             refs.update(t for t in op.inputs if t is not None)
             refs.update(t for t in op.outputs if t is not None)
             if op.intermediates:
                 refs.update(t for t in op.intermediates if t is not None)
         return refs
 
+    def op_counts(self) -> dict[str, int]:
+        """Operators per type, most frequent first."""
+        counts: dict[str, int] = {}
+        for op in self.operators:
+            counts[op.type_name] = counts.get(op.type_name, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
 
 class _UseIndex:
     """Producer, consumers and list position of every operator, kept current by
     :meth:`Subgraph.replace` so that a pass with thousands of rewrites stays
-    linear instead of rescanning the graph after each one."""
+    linear instead of rescanning the graph after each one. (Positions only
+    order operators: several new ops may share a number until the next
+    compaction renumbers them.)"""
 
-    def __init__(self, sg: Subgraph):
+    def __init__(self, ops: list[Operator | None]):
         self.producer: dict[Tensor, Operator] = {}
         # An insertion-ordered set per tensor: removing one reader of a
         # constant shared by thousands of ops stays O(1).
         self.consumers: dict[Tensor, dict[Operator, None]] = {}
         self.position: dict[Operator, int] = {}
-        for i, op in enumerate(sg.operators):
+        for i, op in enumerate(ops):
             if op is not None:
                 self.add(op, i)
 
@@ -339,16 +400,9 @@ class Model:
     unreferenced_buffers: set[Buffer] = field(default_factory=set, repr=False)
     #: the read-only mapping of the source file, when it was read from a path
     source_mapping: Any = field(default=None, repr=False)
-    _new_bytes: int = field(default=0, repr=False)
-
-    def release_pages(self) -> None:
-        """Drop weight pages from resident memory; they stay in the page
-        cache and come back on the next read (see :mod:`pagecache`)."""
-        if self.source_mapping is not None:
-            release_all(self.source_mapping)
-        for b in self.buffers:
-            if b.backing is not None and b.backing.mapping is not self.source_mapping:
-                b.release()
+    #: makes the buffer of each new constant (the pipeline installs a
+    #: page-cache policy for large models: see :mod:`pagecache`)
+    buffer_factory: Callable[[np.ndarray], Buffer] = field(default=Buffer.from_array, repr=False)
 
     @property
     def main(self) -> Subgraph:
@@ -372,14 +426,8 @@ class Model:
         return best
 
     def add_buffer(self, array: np.ndarray) -> Buffer:
-        big = self.source_mapping is not None and len(self.source_mapping) >= SPILL_MODEL_BYTES
-        buf = Buffer.from_array(array, spill_large=big)
+        buf = self.buffer_factory(array)
         self.buffers.append(buf)
-        self._new_bytes += buf.nbytes
-        if self._new_bytes >= RELEASE_EVERY:  # a fold just read as much of the input
-            self._new_bytes = 0
-            if self.source_mapping is not None:
-                release_all(self.source_mapping)
         return buf
 
     def new_constant(self, sg: Subgraph, name: str, array: np.ndarray, dtype: int,
@@ -388,6 +436,13 @@ class Model:
         t = Tensor(name=name, shape=list(array.shape), dtype=dtype,
                    buffer=self.add_buffer(array), quantization=quantization)
         return sg.add_tensor(t)
+
+    def signature_outputs(self, sg: Subgraph) -> set[Tensor]:
+        return {t for sd in self.signature_defs if sd.subgraph is sg for _, t in sd.outputs}
+
+    def is_observed(self, sg: Subgraph, t: Tensor) -> bool:
+        """Someone outside the graph sees ``t``: a subgraph or signature output."""
+        return t in sg.outputs or (bool(self.signature_defs) and t in self.signature_outputs(sg))
 
     def buffer_users(self) -> dict[Buffer, int]:
         """How many tensors (in any subgraph) and metadata entries use each buffer."""
@@ -403,12 +458,12 @@ class Model:
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for sg in self.subgraphs:
-            for op in sg.live_operators():
-                counts[op.type_name] = counts.get(op.type_name, 0) + 1
+            for name, n in sg.op_counts().items():
+                counts[name] = counts.get(name, 0) + n
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def num_operators(self) -> int:
-        return sum(1 for sg in self.subgraphs for _ in sg.live_operators())
+        return sum(len(sg.operators) for sg in self.subgraphs)
 
     def num_tensors(self) -> int:
         return sum(len(sg.tensors) for sg in self.subgraphs)
@@ -423,7 +478,6 @@ class Model:
         the file as it was.
         """
         for sg in self.subgraphs:
-            sg.compact()
             refs = sg.referenced_tensors()
             for sd in self.signature_defs:
                 if sd.subgraph is sg:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .graph import Buffer, Model, as_raw_bytes
+
 #: in models at least this large, folded arrays of SPILL_BYTES or more are
 #: spilled to a temporary file
 SPILL_MODEL_BYTES = 256 << 20
@@ -87,3 +89,46 @@ def spill(raw: np.ndarray) -> tuple[np.ndarray, Backing | None]:
     except OSError:  # no room for the spill file: keep the bytes in memory
         return raw, None
     return np.frombuffer(mapping, np.uint8), Backing(mapping, 0, len(mapping))
+
+
+class WeightPages:
+    """The memory policy of one run, installed as the model's
+    ``buffer_factory``: new constants of a large model are spilled, and the
+    input's pages are dropped again after every :data:`RELEASE_EVERY` bytes
+    of new weights (a pass that folds every filter touches all of them).
+    :meth:`release` drops everything file-backed between passes."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        mapping = model.source_mapping
+        self.spill = mapping is not None and len(mapping) >= SPILL_MODEL_BYTES
+        self.new_bytes = 0
+
+    @classmethod
+    def install(cls, model: Model) -> "WeightPages":
+        policy = cls(model)
+        model.buffer_factory = policy.new_buffer
+        return policy
+
+    def new_buffer(self, array: np.ndarray) -> Buffer:
+        raw = as_raw_bytes(array)
+        if self.spill and raw.nbytes >= SPILL_BYTES:
+            data, backing = spill(raw)
+            buf = Buffer(data, backing=backing)
+        else:
+            buf = Buffer(raw)
+        self.new_bytes += buf.nbytes
+        if self.new_bytes >= RELEASE_EVERY and self.model.source_mapping is not None:
+            self.new_bytes = 0
+            release_all(self.model.source_mapping)
+        return buf
+
+    def release(self) -> None:
+        """Drop weight pages from resident memory; they stay in the page
+        cache and come back on the next read."""
+        mapping = self.model.source_mapping
+        if mapping is not None:
+            release_all(mapping)
+        for b in self.model.buffers:
+            if b.backing is not None and b.backing.mapping is not mapping:
+                b.release()

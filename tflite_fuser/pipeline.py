@@ -8,25 +8,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .atomic import check_destination, commit, discard, free_backup_name, write_temp
 from .errors import UsageError
 from .graph import Model
-from .passes import PassContext, PassOptions, select
+from .options import FuseOptions, PassOptions, VerifyOptions
+from .pagecache import WeightPages
+from .passes import PassContext, select
 from .reader import Source, load_bytes, parse
 from .report import REPORT_VERSION, model_stats
-from .sandbox import DEFAULT_TIMEOUT, verify_isolated
+from .sandbox import verify_isolated
 from .validate import unsorted_subgraphs, validate
-from .verifier import DEFAULT_ATOL, DEFAULT_INPUT_RANGE, DEFAULT_RTOL, DEFAULT_RUNS, Verification, verify
+from .verifier import Verification, verify
 from .writer import Chunks, serialize
 
-FP16_MODES = ("keep", "exact", "float32")
 #: Verification tolerance (rtol, and atol in units of each output's range)
 #: after folds re-rounded float16 weights: the re-rounding is a fresh float16
 #: quantization of the folded weights, and its noise compounds with depth like
@@ -89,6 +91,7 @@ def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable:
     except ValueError as e:
         raise UsageError(str(e)) from None
     ctx = PassContext(model, options or PassOptions(), log)
+    pages = WeightPages.install(model)
     counts = {p.name: 0 for p in chosen}
     # Passes assume producers come before consumers: leave other subgraphs alone.
     for si in unsorted_subgraphs(model) if chosen else ():
@@ -103,37 +106,31 @@ def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable:
             n = p.run(model, ctx)
             counts[p.name] += n
             changed += n
-            model.release_pages()
+            pages.release()
         if not changed:
             break
     return counts, ctx
 
 
-def fuse(src: Source, dst: str | os.PathLike | None = None, *,
-         passes: Sequence[str] | str | None = None, disable: Sequence[str] = (),
-         verify_output: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-         runs: int = DEFAULT_RUNS, seed: int = 0, inputs: Mapping[str, Any] | None = None,
-         range_atol: bool = False,
-         input_range=DEFAULT_INPUT_RANGE, input_shapes: Mapping[str, Sequence[int]] | None = None,
-         xnnpack: bool = False, isolate: bool = True, verify_timeout: float | None = DEFAULT_TIMEOUT,
-         force: bool = False, in_place: bool = False, backup: bool = True,
-         fp16_weights: str = "keep", grouped_conv: bool = True, external_buffers: bool | None = None,
-         log: Callable[[str], None] | None = None,
-         progress: Callable[[str], None] | None = None) -> FuseResult:
+def fuse(src: Source, dst: str | os.PathLike | None = None, *, options: FuseOptions | None = None,
+         log: Callable[[str], None] | None = None, progress: Callable[[str], None] | None = None,
+         **kwargs: Any) -> FuseResult:
     """Fuse ``src`` (path or bytes); write to ``dst`` if given.
 
+    ``options`` says everything about the run (:class:`~tflite_fuser.options.FuseOptions`);
+    keyword arguments override its fields by name (``runs=1``,
+    ``fp16_weights="float32"``, ``verify_output=False``, ``isolate=False`` ...).
     Nothing is written when verification fails, unless ``force``. Errors the
     user can fix raise :class:`~tflite_fuser.errors.FuseError` subclasses.
     Verification runs in a child process (``isolate``) so that a crash or a
     hang of the C++ interpreter cannot take the caller down; ``isolate=False``
     saves the child's start-up (~0.3 s) for trusted models.
     """
+    opts = FuseOptions.from_kwargs(options, **kwargs)
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
-    if fp16_weights not in FP16_MODES:
-        raise UsageError(f"fp16_weights must be one of {', '.join(FP16_MODES)}, not {fp16_weights!r}")
     is_path = not isinstance(src, (bytes, bytearray, memoryview))
-    dst_path = check_destination(src if is_path else None, dst, in_place) if dst is not None else None
+    dst_path = check_destination(src if is_path else None, dst, opts.in_place) if dst is not None else None
 
     say("reading")
     buf, label = load_bytes(src)
@@ -142,15 +139,16 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
     before = model_stats(model, len(buf), label if is_path else None)
     t_read = time.perf_counter()
 
-    options = PassOptions(fp16_weights=fp16_weights, grouped_conv=grouped_conv)
-    counts, ctx = run_passes(model, passes, disable, options, log, progress)
+    counts, ctx = run_passes(model, opts.passes, opts.disable, opts.pass_options, log, progress)
     t_passes = time.perf_counter()
+    check = opts.verify
     notes = []
     if ctx.fp16_rerounded:
-        atol, rtol, range_atol = max(atol, FP16_GRID_TOL), max(rtol, FP16_GRID_TOL), True
+        check = dataclasses.replace(check, atol=max(check.atol, FP16_GRID_TOL), rtol=max(check.rtol, FP16_GRID_TOL),
+                                    range_atol=True)
         notes.append(f"{ctx.fp16_rerounded} folded float16 weight tensor(s) were rounded back to float16, so "
-                     f"verification uses the float16 grid: atol {atol:g} x each output's range, rtol {rtol:g} "
-                     f"(--fp16-weights float32 folds exactly and verifies at the normal tolerance; "
+                     f"verification uses the float16 grid: atol {check.atol:g} x each output's range, rtol "
+                     f"{check.rtol:g} (--fp16-weights float32 folds exactly and verifies at the normal tolerance; "
                      f"--fp16-weights exact folds only where float16 holds the result exactly)")
 
     # Nothing rewritten: the output is the input, byte for byte. Nothing to
@@ -158,11 +156,10 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
     nothing_to_fuse = bool(counts) and not any(counts.values())
     if nothing_to_fuse:
         chunks = Chunks([buf])
-        tmp = write_temp(dst_path, buf) if dst_path is not None and not in_place else None
-        verify_output = False
+        tmp = write_temp(dst_path, buf) if dst_path is not None and not opts.in_place else None
     else:
         say("writing")
-        chunks = serialize(model, external_buffers)
+        chunks = serialize(model, opts.external_buffers)
         tmp = write_temp(dst_path, chunks) if dst_path is not None else None
     after = model_stats(model, chunks.nbytes, str(dst_path) if dst_path else None)
     t_write = time.perf_counter()
@@ -170,21 +167,14 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
     verification = None
     written = backup_path = None
     try:
-        if verify_output:
+        if check.enabled and not nothing_to_fuse:
             say("verifying")
-            original = src if is_path else bytes(buf)
-            candidate = tmp if tmp is not None else chunks.tobytes()
-            check = dict(atol=atol, rtol=rtol, runs=runs, seed=seed, inputs=inputs, input_range=input_range,
-                         input_shapes=input_shapes, xnnpack=xnnpack, range_atol=range_atol)
-            if isolate:
-                verification = verify_isolated(original, candidate, timeout=verify_timeout, progress=say,
-                                               **check)
-            else:
-                verification = verify(original, candidate, progress=say, **check)
+            verification = _verify(src if is_path else bytes(buf), tmp if tmp is not None else chunks.tobytes(),
+                                   check, say)
         t_verify = time.perf_counter()
         ok = verification is None or verification.ok
-        if tmp is not None and (ok or force):
-            if in_place and backup:
+        if tmp is not None and (ok or opts.force):
+            if opts.in_place and opts.backup:
                 backup_path = free_backup_name(dst_path)
             commit(tmp, dst_path, backup_path)
             tmp = None
@@ -198,11 +188,11 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
         "input": before,
         "output": after,
         "passes": [{"name": k, "rewrites": v} for k, v in counts.items()],
+        "rewrites": [{"pass": r.pass_name, "subgraph": r.subgraph, "what": r.what} for r in ctx.rewrites],
         "skipped": [{"pass": s.pass_name, "subgraph": s.subgraph, "op": s.op, "reason": s.reason}
                     for s in ctx.standing_skips()],
         "verification": verification.to_dict() if verification is not None else None,
         "notes": notes,
-        "rewrites": [{"pass": r.pass_name, "subgraph": r.subgraph, "what": r.what} for r in ctx.rewrites],
         "nothing_to_fuse": nothing_to_fuse,
         "written": written is not None,
         "backup": str(backup_path) if backup_path else None,
@@ -216,3 +206,9 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *,
         },
     }
     return FuseResult(model=model, report=report, verification=verification, written=written, _chunks=chunks)
+
+
+def _verify(original, candidate, check: VerifyOptions, say: Callable[[str], None]) -> Verification:
+    if check.isolate:
+        return verify_isolated(original, candidate, check, progress=say)
+    return verify(original, candidate, progress=say, **check.check_kwargs())

@@ -38,10 +38,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import BadModelError
+from .options import VerifyOptions
 from .verifier import STAGE_LOAD_ORIGINAL, STAGE_RUN_ORIGINAL, Verification
-
-#: Default limit for one verification, generous for big models on small machines.
-DEFAULT_TIMEOUT = 900.0
 
 #: frame header: payload length, little-endian uint64
 FRAME = struct.Struct("<Q")
@@ -66,9 +64,11 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def verify_isolated(original, candidate, *, timeout: float | None = DEFAULT_TIMEOUT,
-                    progress: Callable[[str], None] | None = None, **kwargs: Any) -> Verification:
-    """:func:`verifier.verify` in a child process, with a time limit."""
+def verify_isolated(original, candidate, check: VerifyOptions | None = None, *,
+                    progress: Callable[[str], None] | None = None) -> Verification:
+    """:func:`verifier.verify` in a child process, with ``check.timeout`` as the time limit."""
+    check = check or VerifyOptions()
+    kwargs, timeout = check.check_kwargs(), check.timeout
     if not sys.executable:
         raise BadModelError("cannot start the verifier's child process: this Python has no sys.executable; "
                             "pass isolate=False (or --no-verify)")

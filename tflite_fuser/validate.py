@@ -117,8 +117,8 @@ def unsorted_subgraphs(model: Model) -> list[int]:
     operator writes. Passes leave such subgraphs alone."""
     unsorted = []
     for si, sg in enumerate(model.subgraphs):
-        produced_later = {t for op in sg.live_operators() for t in op.outputs if t is not None}
-        for op in sg.live_operators():
+        produced_later = {t for op in sg.operators for t in op.outputs if t is not None}
+        for op in sg.operators:
             if any(t in produced_later for t in op.inputs if t is not None):
                 unsorted.append(si)
                 break

@@ -36,11 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import BadModelError, UsageError
-
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-4
-DEFAULT_RUNS = 3
-DEFAULT_INPUT_RANGE = (-1.0, 1.0)
+from .options import DEFAULT_ATOL, DEFAULT_INPUT_RANGE, DEFAULT_RTOL, DEFAULT_RUNS
 
 # Stage markers: the sandbox uses the last one seen to tell whether a crash
 # happened in the input model (bad input) or in the rewritten one (our bug).

@@ -229,7 +229,7 @@ class _Writer:
             return [-1 if t is None else t_index[t] for t in ts]
 
         tensors = [self.tensor(t) for t in sg.tensors]
-        ops = [self.operator(op, idx) for op in sg.live_operators()]
+        ops = [self.operator(op, idx) for op in sg.operators]
         name = self.string(sg.name)
         v_t = self.offsets(tensors)
         v_in = self.ints(idx(sg.inputs))

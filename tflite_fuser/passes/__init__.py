@@ -1,4 +1,4 @@
-"""The fusion passes, in the order the pass manager runs them.
+"""The passes, in the order the pass manager runs them.
 
 Order matters once, and the fixed-point loop in :mod:`tflite_fuser.pipeline`
 takes care of the rest: input-side and output-side affine folds come before
@@ -7,39 +7,31 @@ and the conv are gone), and all of them come before the split-conv pass, whose
 branches must each be a single conv with its activation fused. The
 block-diagonal pass runs last because the split pass may produce dense convs it
 can still narrow.
+
+The registry is explicit: a pass is added here, by import, and a misspelt
+module is an import error, not a pass that silently never runs.
 """
 
 from __future__ import annotations
 
-from .base import FusionPass, PassContext, PassOptions, Skip
+from .base import FusionPass, Match, PassContext, Skip
+from .fold_affine import FoldAffine
+from .fold_input_affine import FoldInputAffine
+from .fold_pad import FoldPadIntoConv
+from .fuse_activation import FuseActivation
+from .fuse_split_conv import FuseSplitConv
+from .narrow_block_diagonal import NarrowBlockDiagonalConv
+from ..options import PassOptions
 
-#: Filled in pass by pass; each entry is a FusionPass subclass.
-PASS_CLASSES: list[type[FusionPass]] = []
-
-
-def _register() -> None:
-    import importlib
-
-    for module, cls in _ORDER:
-        try:
-            mod = importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as e:  # a pass not written yet
-            if e.name != f"{__name__}.{module}":
-                raise
-            continue
-        PASS_CLASSES.append(getattr(mod, cls))
-
-
-_ORDER: list[tuple[str, str]] = [
-    ("fold_pad", "FoldPadIntoConv"),
-    ("fold_input_affine", "FoldInputAffine"),
-    ("fold_affine", "FoldAffine"),
-    ("fuse_activation", "FuseActivation"),
-    ("fuse_split_conv", "FuseSplitConv"),
-    ("narrow_block_diagonal", "NarrowBlockDiagonalConv"),
+#: every pass, in the order it runs
+PASS_CLASSES: list[type[FusionPass]] = [
+    FoldPadIntoConv,
+    FoldInputAffine,
+    FoldAffine,
+    FuseActivation,
+    FuseSplitConv,
+    NarrowBlockDiagonalConv,
 ]
-
-_register()
 
 
 def pass_names() -> list[str]:
@@ -63,4 +55,4 @@ def select(passes: list[str] | str | None = None, disable: list[str] | None = No
     return [c() for c in PASS_CLASSES if c.name in chosen]
 
 
-__all__ = ["FusionPass", "PassContext", "PassOptions", "Skip", "PASS_CLASSES", "pass_names", "select"]
+__all__ = ["FusionPass", "Match", "PassContext", "PassOptions", "Skip", "PASS_CLASSES", "pass_names", "select"]

@@ -1,9 +1,15 @@
-"""What every fusion pass is, and the context it reports into.
+"""What every pass is: match, then apply; and the context it reports into.
 
-A pass looks for one pattern, checks the pattern's preconditions, and either
-rewrites it or records *why not* (``ctx.skip``), so ``-v`` can explain every
-candidate that was left alone. A pass never raises for a model it does not
-understand: unsafe means skip.
+A pass recognises one pattern from its *anchor* ops. For each anchor,
+:meth:`FusionPass.match` only reads the graph: it returns ``None`` when the op
+is no candidate at all (nothing to say), a :class:`Skip` when it is one that a
+precondition stops (the reason is what ``-v`` prints), or a :class:`Match`
+holding everything :meth:`FusionPass.apply` needs. ``apply`` only writes, and
+returns what it did in words. The base class walks the anchors, records skips
+and rewrites, and never lets a pass see an op an earlier rewrite consumed (the
+shape of ONNX Runtime's ``RewriteRule``: ``SatisfyCondition``, then
+``Apply``). A pass never raises for a model it does not understand: unsafe
+means skip.
 """
 
 from __future__ import annotations
@@ -12,10 +18,34 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 from ..graph import Model, Operator, Subgraph
+from ..options import PassOptions
 
 
 @dataclass(frozen=True)
 class Skip:
+    """A candidate that a precondition stopped: why, and at which op(s)."""
+
+    reason: str
+    at: tuple[Operator | str, ...]
+
+    def __init__(self, reason: str, *at: Operator | str):
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "at", tuple(at))
+
+
+@dataclass
+class Match:
+    """Base of a pass's match: subclasses add what ``apply`` needs. ``skips``
+    are candidates met on the way that stay as they are (a chain folded up to
+    an op that cannot join it, say)."""
+
+    skips: list[Skip] = field(default_factory=list, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A skip as recorded and reported."""
+
     pass_name: str
     subgraph: int
     op: str
@@ -43,30 +73,11 @@ class Rewrite:
 
 
 @dataclass
-class PassOptions:
-    """Knobs a user can turn; every pass reads only what it needs."""
-
-    #: float16 weights behind DEQUANTIZE. "keep": fold in float64 and store the
-    #: result back as float16 (same file size; the re-rounding moves outputs by
-    #: up to 2^-11 relative, so verification uses float16-grid tolerances);
-    #: "exact": keep float16 but fold only where the result is exactly
-    #: representable; "float32": store folded weights as float32 (larger file,
-    #: no re-rounding).
-    fp16_weights: str = "keep"
-    #: emit grouped CONV_2D (filter in-channels < input channels). Off keeps
-    #: grouped convs in split form: not every delegate runs them (older GPU
-    #: delegates stop at CONV_2D version 1, converters such as onnx2tflite
-    #: split them for that reason), and the built-in CPU kernels run ResNeXt's
-    #: G=32 convs faster split (XNNPACK runs them faster grouped).
-    grouped_conv: bool = True
-
-
-@dataclass
 class PassContext:
     model: Model
     options: PassOptions = field(default_factory=PassOptions)
     log: Callable[[str], None] | None = None
-    skips: dict[Skip, None] = field(default_factory=dict)  # ordered set
+    skips: dict[Skipped, None] = field(default_factory=dict)  # ordered set
     current_pass: str = ""
     subgraph_index: int = 0
     #: subgraphs no pass may touch (e.g. not topologically sorted)
@@ -78,17 +89,16 @@ class PassContext:
 
     def skip(self, op: Operator | str, reason: str) -> None:
         """Record that a candidate at ``op`` was left alone, and why."""
-        s = Skip(self.current_pass, self.subgraph_index, describe(op), reason,
-                 op if isinstance(op, Operator) else None)
+        s = Skipped(self.current_pass, self.subgraph_index, describe(op), reason,
+                    op if isinstance(op, Operator) else None)
         if s not in self.skips:
             self.skips[s] = None
             if self.log:
                 self.log(f"skip {s}")
 
-    def standing_skips(self) -> list[Skip]:
-        """Skips whose operator is still in the model (not fused later)."""
-        live = {op for sg in self.model.subgraphs for op in sg.live_operators()}
-        return [s for s in self.skips if s.target is None or s.target in live]
+    def record(self, skip: Skip) -> None:
+        for op in skip.at:
+            self.skip(op, skip.reason)
 
     def rewrote(self, what: str) -> None:
         """Record a rewrite just made, described in words."""
@@ -96,6 +106,11 @@ class PassContext:
         self.rewrites.append(r)
         if self.log:
             self.log(f"rewrote {r}")
+
+    def standing_skips(self) -> list[Skipped]:
+        """Skips whose operator is still in the model (not fused later)."""
+        live = {op for sg in self.model.subgraphs for op in sg.operators}
+        return [s for s in self.skips if s.target is None or s.target in live]
 
 
 def describe(op: Operator | str) -> str:
@@ -108,11 +123,17 @@ def describe(op: Operator | str) -> str:
 class FusionPass:
     """Base class. Subclasses set ``name``, ``summary`` and ``anchors`` (the
     operator codes a candidate pattern is recognised from) and implement
-    :meth:`rewrite_at`, returning how many rewrites it made there."""
+    :meth:`match` and :meth:`apply`."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     anchors: ClassVar[tuple[int, ...]] = ()
+
+    def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> Match | Skip | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def apply(self, ctx: PassContext, sg: Subgraph, m: Match) -> str:  # pragma: no cover
+        raise NotImplementedError
 
     def run(self, model: Model, ctx: PassContext) -> int:
         ctx.current_pass = self.name
@@ -121,19 +142,26 @@ class FusionPass:
             if sg in ctx.frozen:
                 continue
             ctx.subgraph_index = i
-            total += self.run_subgraph(model, sg, ctx)
-            sg.compact()
+            total += self.run_subgraph(ctx, sg)
         return total
 
-    def run_subgraph(self, model: Model, sg: Subgraph, ctx: PassContext) -> int:
-        """Try :meth:`rewrite_at` at every anchor operator, in list order, on a
-        snapshot of the list; operators an earlier rewrite consumed are skipped.
-        One walk per pass run: the pipeline's fixed-point loop does the rest."""
+    def run_subgraph(self, ctx: PassContext, sg: Subgraph) -> int:
+        """Match at every anchor operator, in list order, on a snapshot of the
+        list; operators an earlier rewrite consumed are passed over. One walk
+        per pass run: the pipeline's fixed-point loop does the rest."""
         rewrites = 0
-        for op in list(sg.live_operators()):
-            if op.code in self.anchors and op in sg.uses.position:
-                rewrites += self.rewrite_at(model, sg, ctx, op)
+        anchors = self.anchors
+        for op in list(sg.operators):
+            if op.code not in anchors or not sg.contains(op):
+                continue
+            m = self.match(ctx, sg, op)
+            if m is None:
+                continue
+            if isinstance(m, Skip):
+                ctx.record(m)
+                continue
+            for s in m.skips:
+                ctx.record(s)
+            ctx.rewrote(self.apply(ctx, sg, m))
+            rewrites += 1
         return rewrites
-
-    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:  # pragma: no cover
-        raise NotImplementedError

@@ -1,5 +1,5 @@
 """Matching helpers for the split-conv passes: which channels of which tensor
-a piece is, and what a convolution's weights and attributes are.
+a piece is, and what two convolutions must share to be one.
 
 A converter lowers a depthwise or grouped convolution by cutting the input's
 channel axis into pieces (one ``SPLIT``/``SPLIT_V``, or one ``SLICE`` /
@@ -12,16 +12,17 @@ ranges that cover it. Any other shape of slicing is reported, not guessed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from ..graph import Operator, Subgraph, Tensor
+from ..ops import SLICING, codes
 from ..schema import BuiltinOperator as Op
-from ..schema import TensorType
 
-SLICING_OPS = (Op.SPLIT, Op.SPLIT_V, Op.SLICE, Op.STRIDED_SLICE)
-BRANCH_OPS = (Op.CONV_2D, Op.DEPTHWISE_CONV_2D)
+SLICING_OPS = codes(SLICING)
 
 
 @dataclass
@@ -210,48 +211,46 @@ def match_partition(sg: Subgraph, tensors: list[Tensor]) -> Partition | str:
     return Partition(source, pieces, ops)
 
 
-# ------------------------------------------------------------------- weights
-
-
-@dataclass
-class Weight:
-    """A conv's constant input: its stored values, and the DEQUANTIZE op that
-    turns float16 storage into float32 at run time (``None`` when the tensor is
-    itself the constant)."""
-
-    tensor: Tensor  # the stored constant
-    values: np.ndarray
-    dequantize: Operator | None = None
-
-
-def weight(sg: Subgraph, t: Tensor | None) -> Weight | None:
-    """``t`` as a constant, directly or as DEQUANTIZE of a float16 constant; else None."""
-    if t is None or t.sparsity is not None:
-        return None
-    v = t.value()
-    if v is not None:
-        return Weight(t, v)
-    op = sg.producer(t)
-    if op is None or op.code != Op.DEQUANTIZE or len(op.inputs) != 1 or op.inputs[0] is None:
-        return None
-    src = op.inputs[0]
-    if src.dtype != TensorType.FLOAT16 or t.dtype != TensorType.FLOAT32 or src.sparsity is not None:
-        return None
-    v = src.value()
-    return None if v is None else Weight(src, v, op)
-
-
 # ----------------------------------------------------------------- conv facts
 
 
-def conv_attributes(op: Operator) -> tuple | None:
-    """What two convs must share to be one conv: padding, strides, dilations,
-    fused activation. ``None`` when the op carries no options."""
-    o = op.options
-    if o is None:
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What two convs must share to be one conv: padding, strides, dilations
+    and fused activation."""
+
+    padding: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    activation: int
+
+    #: the words a difference is reported in
+    WORDS: ClassVar[dict[str, str]] = {"padding": "padding", "stride_h": "stride", "stride_w": "stride", "dilation_h": "dilation",
+             "dilation_w": "dilation", "activation": "activation"}
+
+    @staticmethod
+    def of(op: Operator) -> "ConvGeometry | None":
+        o = op.options
+        if o is None:
+            return None
+        return ConvGeometry(o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor,
+                            o.fusedActivationFunction)
+
+    def difference(self, other: "ConvGeometry") -> str | None:
+        """The first attribute the two differ in, in words (None: none)."""
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) != getattr(other, f.name):
+                return self.WORDS[f.name]
         return None
-    return (o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor,
-            o.fusedActivationFunction)
 
+    @property
+    def dilated(self) -> bool:
+        return max(self.dilation_h, self.dilation_w) > 1
 
-ATTRIBUTE_NAMES = ("padding", "stride", "stride", "dilation", "dilation", "activation")
+    def set_on(self, opts, activation: int) -> None:
+        """Write this geometry, with ``activation``, into a conv options table."""
+        opts.padding, opts.strideH, opts.strideW = self.padding, self.stride_h, self.stride_w
+        opts.dilationHFactor, opts.dilationWFactor = self.dilation_h, self.dilation_w
+        opts.fusedActivationFunction = activation

@@ -21,126 +21,137 @@ channel (float64, rounded once), and then
   TRANSPOSE_CONV sums a position-dependent number of taps and never takes one.
   FULLY_CONNECTED has no padding and always can.
 
-Preconditions (each failure is reported with ``ctx.skip``):
+Preconditions (each failure is a skip with its reason):
 
+- OP can take an input-side affine (``predicates.why_no_input_affine``):
+  float32 input (in int8 the MUL requantizes its output, and that rounding
+  cannot move into the weights exactly), float constant filter and bias whose
+  input-channel layout fits the tensor;
 - each ``xi`` (i >= 1) is read only by the next op and is neither a graph or
   signature output nor a variable;
 - each op has one constant operand (FLOAT32, or FLOAT16 behind DEQUANTIZE)
   that broadcasts along the channel axis only and does not change the shape
   of the other operand, and has no fused activation; a DIV divides by a
   constant without zeros (``c / x`` is not affine);
-- filter and bias are float constants and the tensors float32, not quantized
-  (in int8 the MUL requantizes its output, and that rounding cannot move into
-  the weights exactly);
 - the folded weights are finite and fit their storage type (float16 weights
-  behind DEQUANTIZE: as for fold-affine, re-rounded to float16 with
-  ``fp16_weights="keep"``, only when exact with ``"exact"``, or float32).
+  behind DEQUANTIZE follow the user's float16 policy, as for fold-affine).
 
-When the chain's input ``x0`` is itself the output of a convolution that
-fold-affine can extend, the chain is left to fold-affine: folding it into the
-producer has no padding restriction.
+When the chain's input ``x0`` is itself the output of a convolution that can
+take an output-side affine, the chain is left to fold-affine: folding it into
+the producer has no padding restriction.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import folding
 from ..folding import FoldError
-from ..graph import Model, Operator, Subgraph, Tensor
+from ..graph import Operator, Subgraph, Tensor
+from ..ops import WEIGHTED, codes, fused_activation, has_no_activation, is_weighted, slot, traits
 from ..schema import ActivationFunctionType as Act
 from ..schema import BuiltinOperator as Op
 from ..schema import Padding, TensorType, op_name
-from .base import FusionPass, PassContext
-from .common import (CONV_KIND, WeightWriter, clone_op, conv_input, conv_slots, drop_dead_dequantize,
-                     float_constant, fused_activation, has_no_activation, opcode_at_least, why_not_removable,
-                     with_inputs)
-from .fold_affine import AFFINE, FoldAffine, transpose_conv_version
+from .base import FusionPass, Match, PassContext, Skip
+from .predicates import constant_operand, why_no_input_affine, why_no_output_affine, why_not_removable
+from .rebuild import clone_op, drop_dead_dequantize, opcode_for, with_inputs
+from .weights import Weight, WeightStore, float_weight_of
+
+
+@dataclass
+class InputChain(Match):
+    op: Operator
+    chain: list[Operator]  # from the conv upwards
+    x0: Tensor
+    new_filter: np.ndarray | None
+    new_bias: np.ndarray | None
+    store: WeightStore
+    filter: Weight
+    bias: Weight | None
+
+
+def _affine_producer(sg: Subgraph, t: Tensor) -> tuple[Operator, int] | None:
+    """The MUL/ADD/SUB/DIV with one constant operand and no activation that
+    writes ``t``, and the index of that constant; None if ``t`` has none (a
+    residual ADD of two activations, or an ADD + RELU, is no candidate)."""
+    p = sg.producer(t)
+    if p is None or traits(p.code).affine is None or p.options is None or not has_no_activation(p):
+        return None
+    c = constant_operand(sg, p)
+    return None if c is None else (p, c)
 
 
 class FoldInputAffine(FusionPass):
     name = "fold-input-affine"
     summary = "fold a constant per-channel MUL (any padding) or ADD (VALID only) feeding a conv into its weights"
-    anchors = tuple(CONV_KIND)
+    anchors = codes(WEIGHTED)
 
-    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
-        di, fi, bi = conv_slots(op)
-        x = conv_input(op, di)
+    def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> InputChain | Skip | None:
+        x = slot(op, "data")
         if x is None or not x.shape:
-            return 0
-        p = sg.producer(x)
-        if (p is None or p.code not in AFFINE or _constant_operand(sg, p) is None or p.options is None
-                or not has_no_activation(p)):
-            return 0  # not a candidate (e.g. a residual ADD of two activations, or an ADD + RELU)
-        reason = self._op_reason(sg, op)
+            return None
+        head = _affine_producer(sg, x)
+        if head is None:
+            return None
+        reason = why_no_input_affine(sg, op)
         if reason:
-            ctx.skip(p, reason)
-            return 0
+            return Skip(reason, head[0])
 
         cin = int(x.shape[-1])
         shift_ok, shift_why = _shift_allowed(op, x)
         comp = (np.ones(cin), np.zeros(cin))
         chain: list[Operator] = []
+        skips: list[Skip] = []
         cur, reader = x, op
         while True:
-            p = sg.producer(cur)
-            if p is None or p.code not in AFFINE:
+            found = _affine_producer(sg, cur)
+            if found is None:
                 break
-            c_idx = _constant_operand(sg, p)
-            if c_idx is None or p.options is None or not has_no_activation(p):
-                break  # not affine: an op of two activations, or one with a fused activation
-            if _output_side_can_take(model, sg, p.inputs[1 - c_idx], p):
-                return 0  # fold-affine folds this chain into the producing conv instead
+            p, c_idx = found
+            if _output_side_can_take(ctx, sg, p.inputs[1 - c_idx], p):
+                return None  # fold-affine folds this chain into the producing conv instead
             try:
-                data, step = self._step(model, sg, cur, reader, p, c_idx, cin)
+                data, step = self._step(ctx, sg, cur, reader, p, c_idx, cin)
                 new = folding.compose_before(comp, step)
                 if not shift_ok and np.any(new[1] != 0):
                     raise FoldError(shift_why)
             except FoldError as e:
-                ctx.skip(p, str(e))
+                skips.append(Skip(str(e), p))
                 break
             comp = new
             chain.append(p)
             cur, reader = data, p
         if not chain:
-            return 0
+            return skips[0] if skips else None
+
+        kind = traits(op.code).kind
+        w = float_weight_of(sg, slot(op, "filter"))
+        b_t = slot(op, "bias")
+        b = float_weight_of(sg, b_t) if b_t is not None else None
+        scale, shift = comp
+        keep_filter, zero_shift = folding.is_identity(scale, shift)
+        store = WeightStore(ctx.model, sg, ctx, chain + [op])
         try:
-            return self._rewrite(model, sg, ctx, op, chain, cur, comp)
+            wv = w.float64()
+            w_arr = None if keep_filter else store.round(folding.scale_input_channels(kind, wv, scale, cin), w,
+                                                         "filter")
+            b_arr = None
+            if not zero_shift:
+                new_b = folding.input_shift_bias(kind, wv, None if b is None else b.float64(), shift, cin)
+                b_arr = store.round(new_b, b, "bias")
         except FoldError as e:
-            ctx.skip(chain[0], str(e))
-            return 0
+            return Skip(str(e), chain[0])
+        return InputChain(op, chain, cur, w_arr, b_arr, store, w, b, skips=skips)
 
     @staticmethod
-    def _op_reason(sg: Subgraph, op: Operator) -> str | None:
-        name = op.type_name
-        if op.options is None:
-            return f"{name} has no options table"
-        di, fi, bi = conv_slots(op)
-        x = op.inputs[di]
-        if x.is_quantized or x.dtype != TensorType.FLOAT32:
-            return (f"{name} input is quantized: the MUL/ADD requantizes its result, which cannot move into "
-                    "the weights exactly" if x.is_quantized else f"{name} input is not float32")
-        if op.code == Op.FULLY_CONNECTED and getattr(op.options, "weightsFormat", 0) != 0:
-            return "FULLY_CONNECTED weights are in a shuffled format"
-        w, why = float_constant(sg, conv_input(op, fi))
-        if w is None:
-            return f"{name} filter {why}"
-        b = conv_input(op, bi)
-        if b is not None and float_constant(sg, b)[0] is None:
-            return f"{name} bias {float_constant(sg, b)[1]}"
-        try:
-            folding.input_channel_map(CONV_KIND[op.code], w.tensor.shape, int(x.shape[-1]))
-        except FoldError as e:
-            return str(e)
-        return None
-
-    @staticmethod
-    def _step(model: Model, sg: Subgraph, cur: Tensor, reader: Operator, p: Operator, c_idx: int,
+    def _step(ctx: PassContext, sg: Subgraph, cur: Tensor, reader: Operator, p: Operator, c_idx: int,
               cin: int) -> tuple[Tensor, tuple[np.ndarray, np.ndarray]]:
         """(the op's data input, its per-channel map ``(scale, shift)``);
         FoldError with the reason when ``p`` cannot join the chain."""
         name = op_name(p.code)
-        why = why_not_removable(model, sg, cur, reader)
+        why = why_not_removable(ctx.model, sg, cur, reader)
         if why:
             raise FoldError(why)
         data = p.inputs[1 - c_idx]
@@ -148,54 +159,30 @@ class FoldInputAffine(FusionPass):
             raise FoldError(f"{name} input is not float32")
         if list(data.shape) != list(cur.shape):
             raise FoldError(f"the constant broadcasts {list(data.shape)} to {list(cur.shape)}")
-        const, why = float_constant(sg, p.inputs[c_idx])
-        if const is None:
-            raise FoldError(f"{name} constant {why}")
-        vec = folding.channel_vector(const.values(), cin, len(cur.shape))
-        step = folding.compose(np.ones(cin), np.zeros(cin), AFFINE[p.code], vec, const_first=c_idx == 0)
+        const = float_weight_of(sg, p.inputs[c_idx])
+        if isinstance(const, str):
+            raise FoldError(f"{name} constant {const}")
+        vec = folding.channel_vector(const.float64(), cin, len(cur.shape))
+        step = folding.compose(np.ones(cin), np.zeros(cin), traits(p.code).affine, vec, const_first=c_idx == 0)
         return data, step
 
-    def _rewrite(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator, chain: list[Operator],
-                 x0: Tensor, comp: tuple[np.ndarray, np.ndarray]) -> int:
-        kind = CONV_KIND[op.code]
-        di, fi, bi = conv_slots(op)
-        cin = int(op.inputs[di].shape[-1])
-        w, _ = float_constant(sg, conv_input(op, fi))
-        b_t = conv_input(op, bi)
-        b = float_constant(sg, b_t)[0] if b_t is not None else None
-        scale, shift = comp
-        keep_filter, zero_shift = folding.is_identity(scale, shift)
-        wv = w.values()
-        writer = WeightWriter(model, sg, op, ctx)
-        w_arr = None if keep_filter else writer.round(folding.scale_input_channels(kind, wv, scale, cin), w,
-                                                      "filter")
-        b_arr = None
-        if not zero_shift:
-            new_b = folding.input_shift_bias(kind, wv, None if b is None else b.values(), shift, cin)
-            b_arr = writer.round(new_b, b, "bias")
-
-        changes = {di: x0, **writer.store_conv_weights((fi, bi), (w, b), (w_arr, b_arr), op.outputs[0].name)}
-        opcode = op.opcode
-        if op.code == Op.TRANSPOSE_CONV:
-            has_bias = conv_input(op, bi) is not None or bi in changes
-            opcode = opcode_at_least(model, op, transpose_conv_version(has_bias, fused_activation(op) or Act.NONE))
-        new_op = clone_op(op, inputs=with_inputs(op, changes), opcode=opcode)
-        writer.commit(chain + [op], new_op)
-        drop_dead_dequantize(model, sg, [t for c in chain for t in c.inputs])
-        ctx.rewrote(f"folded {' -> '.join(c.type_name for c in reversed(chain))} into the input of "
-                 f"{op.type_name} -> {op.outputs[0].name!r}")
-        return 1
-
-
-def _constant_operand(sg: Subgraph, p: Operator) -> int | None:
-    """Index of the one constant operand of a binary op (a constant tensor,
-    quantized or not, or a float16 constant behind DEQUANTIZE); None if there
-    is not exactly one."""
-    if len(p.inputs) != 2:
-        return None
-    const = [i for i, t in enumerate(p.inputs)
-             if t is not None and (t.is_constant or float_constant(sg, t)[0] is not None)]
-    return const[0] if len(const) == 1 else None
+    def apply(self, ctx: PassContext, sg: Subgraph, m: InputChain) -> str:
+        op = m.op
+        t = traits(op.code)
+        name = op.outputs[0].name
+        changes = {t.data: m.x0}
+        if m.new_filter is not None:
+            changes[t.filter] = m.store.add(m.new_filter, m.filter, f"{name}/filter")
+        if m.new_bias is not None:
+            changes[t.bias] = m.store.add(m.new_bias, m.bias, f"{name}/bias")
+        has_bias = slot(op, "bias") is not None or t.bias in changes
+        new_op = clone_op(op, inputs=with_inputs(op, changes),
+                          opcode=opcode_for(ctx.model, op, bias=has_bias,
+                                            activation=(fused_activation(op) or Act.NONE) != Act.NONE))
+        m.store.commit(new_op)
+        drop_dead_dequantize(ctx.model, sg, [x for c in m.chain for x in c.inputs])
+        return (f"folded {' -> '.join(c.type_name for c in reversed(m.chain))} into the input of "
+                f"{op.type_name} -> {name!r}")
 
 
 def _shift_allowed(op: Operator, x: Tensor) -> tuple[bool, str]:
@@ -210,7 +197,7 @@ def _shift_allowed(op: Operator, x: Tensor) -> tuple[bool, str]:
     opts = op.options
     if opts.padding == Padding.VALID:
         return True, ""
-    w = op.inputs[1]
+    w = slot(op, "filter")
     kh, kw = int(w.shape[1]), int(w.shape[2])
     sig = x.shape_signature or x.shape
     pads = []
@@ -225,11 +212,10 @@ def _shift_allowed(op: Operator, x: Tensor) -> tuple[bool, str]:
                    "instead of the added constant (only VALID padding, or SAME that pads nothing, allows it)")
 
 
-def _output_side_can_take(model: Model, sg: Subgraph, data: Tensor, p: Operator) -> bool:
-    """``data`` (the chain's input) comes from a conv that fold-affine can
-    extend and that reads it to ``p`` alone: fold-affine will absorb the
-    chain there."""
+def _output_side_can_take(ctx: PassContext, sg: Subgraph, data: Tensor, p: Operator) -> bool:
+    """``data`` (the chain's input) comes from a conv that can take an
+    output-side affine and that reads it to ``p`` alone: fold-affine will
+    absorb the chain there."""
     prod = sg.producer(data)
-    if prod is None or prod.code not in CONV_KIND or why_not_removable(model, sg, data, p):
-        return False
-    return FoldAffine._op_reason(sg, prod) is None
+    return (is_weighted(prod) and not why_not_removable(ctx.model, sg, data, p)
+            and why_no_output_affine(sg, prod) is None)

@@ -30,40 +30,46 @@ Preconditions (each failure is reported with ``ctx.skip``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import folding
 from ..graph import Model, Operator, Subgraph
+from ..ops import CONV, DEPTHWISE, PAD, codes
 from ..schema import BuiltinOperator as Op
 from ..schema import Padding
-from .base import FusionPass, PassContext
-from .common import clone_op, same_quantization, why_not_removable
+from .base import FusionPass, Match, PassContext, Skip
+from .predicates import same_quantization, why_not_removable
+from .rebuild import clone_op
 
-PADS = (Op.PAD, Op.PADV2)
-CONVS = (Op.CONV_2D, Op.DEPTHWISE_CONV_2D)
+CONVS = codes((CONV, DEPTHWISE))
+
+
+@dataclass
+class PadConv(Match):
+    pad: Operator
+    conv: Operator
 
 
 class FoldPadIntoConv(FusionPass):
     name = "fold-pad"
     summary = "turn a zero PAD + VALID CONV_2D/DEPTHWISE_CONV_2D into a SAME conv when the amounts match"
-    anchors = PADS
+    anchors = codes(PAD)
 
-    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, pad: Operator) -> int:
+    def match(self, ctx: PassContext, sg: Subgraph, pad: Operator) -> PadConv | Skip | None:
         if len(pad.inputs) < 2 or not pad.outputs or pad.outputs[0] is None:
-            return 0
-        p_out = pad.outputs[0]
-        convs = [u for u in sg.consumers(p_out) if u.code in CONVS]
+            return None
+        convs = [u for u in sg.consumers(pad.outputs[0]) if u.code in CONVS]
         if not convs:
-            return 0  # not a candidate
-        conv = convs[0]
-        reason = self._reason(model, sg, pad, conv)
-        if reason:
-            ctx.skip(pad, reason)
-            return 0
-        new_op = clone_op(conv, inputs=[pad.inputs[0]] + conv.inputs[1:], padding=Padding.SAME)
-        sg.replace([pad, conv], new_op)
-        ctx.rewrote(f"folded {pad.type_name} into {conv.type_name} -> {conv.outputs[0].name!r} as SAME padding")
-        return 1
+            return None  # not a candidate
+        reason = self._reason(ctx.model, sg, pad, convs[0])
+        return Skip(reason, pad) if reason else PadConv(pad, convs[0])
+
+    def apply(self, ctx: PassContext, sg: Subgraph, m: PadConv) -> str:
+        pad, conv = m.pad, m.conv
+        sg.replace([pad, conv], clone_op(conv, inputs=[pad.inputs[0]] + conv.inputs[1:], padding=Padding.SAME))
+        return f"folded {pad.type_name} into {conv.type_name} -> {conv.outputs[0].name!r} as SAME padding"
 
     @staticmethod
     def _reason(model: Model, sg: Subgraph, pad: Operator, conv: Operator) -> str | None:

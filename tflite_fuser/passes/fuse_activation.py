@@ -42,101 +42,88 @@ Preconditions (each failure is reported with ``ctx.skip``):
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import Model, Operator, Subgraph, Tensor
+from ..graph import Operator, Subgraph, Tensor
+from ..ops import (ACTIVATION_NAMES, ACTIVATION_RANGE, CLAMP_OPS, INF, activation_for, format_interval,
+                   fused_activation, intersect, traits)
 from ..schema import ActivationFunctionType as Act
-from ..schema import BuiltinOperator as Op
 from ..schema import TensorType, op_name
-from .base import FusionPass, PassContext
-from .common import (CONV_OPS, clone_op, drop_dead_dequantize, float_constant, fused_activation,
-                     opcode_at_least, same_quantization, why_not_removable)
-from .fold_affine import transpose_conv_version
+from .base import FusionPass, Match, PassContext, Skip
+from .predicates import same_quantization, why_not_removable
+from .rebuild import clone_op, drop_dead_dequantize, opcode_for
+from .weights import float_weight_of, is_constant_operand
 
-INF = math.inf
-#: the interval each fusable activation clamps to
-ACT_RANGE = {Act.NONE: (-INF, INF), Act.RELU: (0.0, INF), Act.RELU6: (0.0, 6.0),
-             Act.RELU_N1_TO_1: (-1.0, 1.0)}
-RANGE_ACT = {v: k for k, v in ACT_RANGE.items()}
-ACT_NAMES = {Act.NONE: "NONE", Act.RELU: "RELU", Act.RELU6: "RELU6", Act.RELU_N1_TO_1: "RELU_N1_TO_1"}
-
-RELU_OPS = {Op.RELU: (0.0, INF), Op.RELU6: (0.0, 6.0), Op.RELU_N1_TO_1: (-1.0, 1.0)}
-CLAMP_OPS = set(RELU_OPS) | {Op.MAXIMUM, Op.MINIMUM}
-PRODUCERS = set(CONV_OPS) | {Op.ADD, Op.MUL, Op.SUB}
+#: float types fused here (float16 activations are not: no kernel check yet)
 FLOAT_TYPES = (TensorType.FLOAT32,)
-QUANT_TYPES = (TensorType.INT8, TensorType.UINT8, TensorType.INT16)
+
+
+@dataclass
+class ClampChain(Match):
+    producer: Operator
+    chain: list[Operator]
+    activation: int
 
 
 def clamp_of(sg: Subgraph, op: Operator) -> tuple[Tensor, tuple[float, float]] | str | None:
     """(data input, interval) of a clamp op; a reason string when it is a
     MAXIMUM/MINIMUM with a constant that is not a clamp we can fuse; None when
     the op is no clamp at all (e.g. MAXIMUM of two activations)."""
-    if op.code in RELU_OPS:
-        return (op.inputs[0], RELU_OPS[op.code]) if op.inputs and op.inputs[0] is not None else None
-    if op.code not in (Op.MAXIMUM, Op.MINIMUM) or len(op.inputs) != 2:
+    t = traits(op.code)
+    if t.clamp is not None:
+        return (op.inputs[0], t.clamp) if op.inputs and op.inputs[0] is not None else None
+    if t.clamp_side is None or len(op.inputs) != 2:
         return None
-    consts = [i for i, t in enumerate(op.inputs)
-              if t is not None and (t.is_constant or float_constant(sg, t)[0] is not None)]
+    consts = [i for i, x in enumerate(op.inputs) if is_constant_operand(sg, x)]
     if len(consts) != 1:
         return None
     ci = consts[0]
     x, c_t = op.inputs[1 - ci], op.inputs[ci]
     name = op_name(op.code)
-    c, why = float_constant(sg, c_t)
-    if c is None:
-        return f"{name} constant {why}"
-    v = c.values()
+    c = float_weight_of(sg, c_t)
+    if isinstance(c, str):
+        return f"{name} constant {c}"
+    v = c.float64()
     if v.size == 0 or not np.all(v == v.reshape(-1)[0]):
         return f"{name} constant is not uniform"
     if list(op.outputs[0].shape) != list(x.shape):
         return f"{name} broadcasts its input"
     k = float(v.reshape(-1)[0])
-    return x, ((k, INF) if op.code == Op.MAXIMUM else (-INF, k))
-
-
-def _fmt(iv: tuple[float, float]) -> str:
-    lo, hi = iv
-    return f"{'(' if lo == -INF else '['}{lo:g}, {hi:g}{')' if hi == INF else ']'}"
+    return x, ((k, INF) if t.clamp_side == "lower" else (-INF, k))
 
 
 class FuseActivation(FusionPass):
     name = "fuse-activation"
     summary = "fuse RELU/RELU6/RELU_N1_TO_1 (or MAXIMUM/MINIMUM clamps) into the producing op"
-    anchors = tuple(CLAMP_OPS)
+    anchors = CLAMP_OPS
 
-    def rewrite_at(self, model: Model, sg: Subgraph, ctx: PassContext, op: Operator) -> int:
+    def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> ClampChain | Skip | None:
         head = clamp_of(sg, op)
         if head is None:
-            return 0
+            return None
         if isinstance(head, str):
-            ctx.skip(op, head)
-            return 0
+            return Skip(head, op)
         y = head[0]
         p = sg.producer(y)
         if p is not None and p.code in CLAMP_OPS and isinstance(clamp_of(sg, p), tuple):
-            return 0  # part of a chain that starts further up
+            return None  # part of a chain that starts further up
         if p is None:
-            ctx.skip(op, "its input is not produced by an op (graph input or constant)")
-            return 0
-        if p.code not in PRODUCERS:
-            ctx.skip(op, f"producer {p.type_name} has no fused activation")
-            return 0
+            return Skip("its input is not produced by an op (graph input or constant)", op)
+        if not traits(p.code).activations:
+            return Skip(f"producer {p.type_name} has no fused activation", op)
         if p.options is None or fused_activation(p) is None:
-            ctx.skip(op, f"producer {p.type_name} has no options table")
-            return 0
+            return Skip(f"producer {p.type_name} has no options table", op)
         p_act = fused_activation(p)
-        if p_act not in ACT_RANGE:
-            ctx.skip(op, f"producer {p.type_name} already has a fused activation that does not compose")
-            return 0
+        if p_act not in ACTIVATION_RANGE:
+            return Skip(f"producer {p.type_name} already has a fused activation that does not compose", op)
         quantized = y.is_quantized
         if not quantized and y.dtype not in FLOAT_TYPES:
-            ctx.skip(op, f"{p.type_name} output is not float32")
-            return 0
+            return Skip(f"{p.type_name} output is not float32", op)
 
         # Walk the chain of clamps, composing intervals.
-        lo, hi = ACT_RANGE[p_act]
+        interval = ACTIVATION_RANGE[p_act]
         chain: list[Operator] = []
         best: tuple[int, int] | None = None
         cur, reader = y, op
@@ -145,25 +132,26 @@ class FuseActivation(FusionPass):
             c = clamp_of(sg, reader)
             if not isinstance(c, tuple) or c[0] is not cur:
                 break
-            why = why_not_removable(model, sg, cur, reader)
+            why = why_not_removable(ctx.model, sg, cur, reader)
             if why:
                 failure = why
                 break
-            if quantized and reader.code not in RELU_OPS:
+            if quantized and traits(reader.code).clamp is None:
                 failure = f"quantized {reader.type_name} is not fused (it compares raw integers)"
                 break
             out = reader.outputs[0]
             if quantized != out.is_quantized or (not quantized and out.dtype not in FLOAT_TYPES):
                 failure = f"{reader.type_name} changes the tensor type"
                 break
-            nlo, nhi = max(lo, c[1][0]), min(hi, c[1][1])
-            if nlo > nhi:
-                failure = f"clamping to {_fmt((lo, hi))} then {_fmt(c[1])} is constant"
+            both = intersect(interval, c[1])
+            if both is None:
+                failure = f"clamping to {format_interval(interval)} then {format_interval(c[1])} is constant"
                 break
-            lo, hi = nlo, nhi
+            interval = both
             chain.append(reader)
-            if (lo, hi) in RANGE_ACT:
-                best = (len(chain), RANGE_ACT[(lo, hi)])
+            act = activation_for(interval)
+            if act is not None:
+                best = (len(chain), act)
             elif len(chain) - (best[0] if best else 0) >= 2:
                 break
             users = sg.consumers(out)
@@ -171,28 +159,29 @@ class FuseActivation(FusionPass):
         if best is None:
             if failure is None:
                 failure = (f"{' then '.join(c.type_name for c in chain) or op.type_name} after "
-                           f"{p.type_name} ({ACT_NAMES[p_act]}) clamps to {_fmt((lo, hi))}, "
+                           f"{p.type_name} ({ACTIVATION_NAMES[p_act]}) clamps to {format_interval(interval)}, "
                            "which no fused activation expresses")
-            ctx.skip(op, failure)
-            return 0
+            return Skip(failure, op)
         n, act = best
         chain = chain[:n]
-        z = chain[-1].outputs[0]
         if quantized:
             why = quantized_fusion_reason([y] + [c.outputs[0] for c in chain], act, p_act)
             if why:
-                ctx.skip(op, why)
-                return 0
-        opcode = p.opcode
-        if p.code == Op.TRANSPOSE_CONV:
-            has_bias = len(p.inputs) > 3 and p.inputs[3] is not None
-            opcode = opcode_at_least(model, p, transpose_conv_version(has_bias, act))
-        new_op = clone_op(p, outputs=[z] + list(p.outputs[1:]), opcode=opcode, fusedActivationFunction=act)
+                return Skip(why, op)
+        return ClampChain(p, chain, act)
+
+    def apply(self, ctx: PassContext, sg: Subgraph, m: ClampChain) -> str:
+        p, chain, act = m.producer, m.chain, m.activation
+        z = chain[-1].outputs[0]
+        t = traits(p.code)
+        has_bias = t.bias is not None and len(p.inputs) > t.bias and p.inputs[t.bias] is not None
+        new_op = clone_op(p, outputs=[z] + list(p.outputs[1:]),
+                          opcode=opcode_for(ctx.model, p, bias=has_bias, activation=act != Act.NONE),
+                          fusedActivationFunction=act)
         sg.replace([p] + chain, new_op)
-        drop_dead_dequantize(model, sg, [t for c in chain for t in c.inputs])
-        ctx.rewrote(f"fused {' -> '.join(c.type_name for c in chain)} into {p.type_name} -> {z.name!r} "
-                 f"as {ACT_NAMES[act]}")
-        return 1
+        drop_dead_dequantize(ctx.model, sg, [x for c in chain for x in c.inputs])
+        return (f"fused {' -> '.join(c.type_name for c in chain)} into {p.type_name} -> {z.name!r} "
+                f"as {ACTIVATION_NAMES[act]}")
 
 
 def quantized_fusion_reason(tensors: list[Tensor], act: int, producer_act: int) -> str | None:
@@ -223,9 +212,9 @@ def quantized_fusion_reason(tensors: list[Tensor], act: int, producer_act: int) 
     info = np.iinfo(np.dtype({TensorType.INT8: np.int8, TensorType.UINT8: np.uint8,
                               TensorType.INT16: np.int16}.get(first.dtype, np.int8)))
     lo1, hi1 = s1 * (info.min - z1), s1 * (info.max - z1)
-    alo, ahi = ACT_RANGE[act]
+    alo, ahi = ACTIVATION_RANGE[act]
     lo_f, hi_f = max(s2 * (info.min - z2), alo), min(s2 * (info.max - z2), ahi)
     if hi_f > hi1 + s2 or lo_f < lo1 - s2:
-        return (f"the output range {_fmt((lo_f, hi_f))} reaches past the intermediate range "
-                f"{_fmt((lo1, hi1))}, where the original saturates")
+        return (f"the output range {format_interval((lo_f, hi_f))} reaches past the intermediate range "
+                f"{format_interval((lo1, hi1))}, where the original saturates")
     return None

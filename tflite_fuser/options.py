@@ -1,0 +1,127 @@
+"""Everything a user can ask of a run, as three plain objects built once.
+
+The CLI builds a :class:`FuseOptions` from its arguments and hands it to
+:func:`tflite_fuser.fuse`; the pipeline gives :class:`PassOptions` to the
+passes and :class:`VerifyOptions` to the verifier (in its child process). The
+library's ``fuse(src, dst, runs=1, fp16_weights="keep", ...)`` keyword form
+builds the same objects with :meth:`FuseOptions.from_kwargs`, so every option
+has one name, one default and one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+FP16_MODES = ("keep", "exact", "float32")
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4
+DEFAULT_RUNS = 3
+DEFAULT_INPUT_RANGE = (-1.0, 1.0)
+#: Default limit for one verification, generous for big models on small machines.
+DEFAULT_TIMEOUT = 900.0
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """What the passes read; every pass reads only what it needs."""
+
+    #: float16 weights behind DEQUANTIZE. "keep": fold in float64 and store the
+    #: result back as float16 (same file size; the re-rounding moves outputs by
+    #: up to 2^-11 relative, so verification uses float16-grid tolerances);
+    #: "exact": keep float16 but fold only where the result is exactly
+    #: representable; "float32": store folded weights as float32 (larger file,
+    #: no re-rounding).
+    fp16_weights: str = "keep"
+    #: emit grouped CONV_2D (filter in-channels < input channels). Off keeps
+    #: grouped convs in split form: not every delegate runs them (older GPU
+    #: delegates stop at CONV_2D version 1, converters such as onnx2tflite
+    #: split them for that reason), and the built-in CPU kernels run ResNeXt's
+    #: G=32 convs faster split (XNNPACK runs them faster grouped).
+    grouped_conv: bool = True
+
+    def __post_init__(self):
+        if self.fp16_weights not in FP16_MODES:
+            from .errors import UsageError
+
+            raise UsageError(f"fp16_weights must be one of {', '.join(FP16_MODES)}, not {self.fp16_weights!r}")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How the original and the fused model are compared (see verifier.py)."""
+
+    enabled: bool = True
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    #: measure atol in units of each output's largest magnitude
+    range_atol: bool = False
+    runs: int = DEFAULT_RUNS
+    seed: int = 0
+    #: the user's input arrays (name or SIGNATURE/NAME -> array) instead of random ones
+    inputs: Mapping[str, Any] | None = None
+    input_range: tuple[float, float] = DEFAULT_INPUT_RANGE
+    input_shapes: Mapping[str, Sequence[int]] | None = None
+    #: integer outputs may differ by this many quantization steps
+    quant_steps: int = 1
+    #: try XNNPACK first (the other kernel set verifies when this one cannot run the original)
+    xnnpack: bool = False
+    num_threads: int | None = None
+    #: run in a child process (a crash or hang there cannot take the caller down)
+    isolate: bool = True
+    timeout: float | None = DEFAULT_TIMEOUT
+
+    def check_kwargs(self) -> dict[str, Any]:
+        """The comparison settings, as :func:`verifier.verify` takes them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("enabled", "isolate", "timeout")}
+
+
+@dataclass(frozen=True)
+class FuseOptions:
+    """One run: which passes, how they behave, how the result is proved and written."""
+
+    passes: Sequence[str] | str | None = "all"
+    disable: Sequence[str] = ()
+    pass_options: PassOptions = field(default_factory=PassOptions)
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
+    #: write even when verification fails (the exit code stays 1)
+    force: bool = False
+    in_place: bool = False
+    #: with in_place: keep the original as IN.orig (numbered if one exists)
+    backup: bool = True
+    #: None keeps the source's buffer form; True/False force external/inline buffers
+    external_buffers: bool | None = None
+
+    #: the library's keyword names that are not field names of these classes
+    ALIASES = {"verify_output": ("verify", "enabled"), "verify_timeout": ("verify", "timeout")}
+
+    @classmethod
+    def from_kwargs(cls, base: "FuseOptions | None" = None, **kwargs: Any) -> "FuseOptions":
+        """``base`` (default: the defaults) with keyword overrides, each
+        routed to the class whose field it names: ``runs=1`` to
+        :class:`VerifyOptions`, ``fp16_weights="float32"`` to
+        :class:`PassOptions`, ``force=True`` here. Unknown names raise
+        ``TypeError``, as a mistyped keyword argument should."""
+        base = base or cls()
+        groups: dict[str, dict[str, Any]] = {"self": {}, "verify": {}, "pass_options": {}}
+        own = {f.name for f in dataclasses.fields(cls)}
+        verify = {f.name for f in dataclasses.fields(VerifyOptions)}
+        passes = {f.name for f in dataclasses.fields(PassOptions)}
+        for key, value in kwargs.items():
+            if key in cls.ALIASES:
+                group, name = cls.ALIASES[key]
+                groups[group][name] = value
+            elif key in own:
+                groups["self"][key] = value
+            elif key in verify:
+                groups["verify"][key] = value
+            elif key in passes:
+                groups["pass_options"][key] = value
+            else:
+                raise TypeError(f"fuse() got an unexpected keyword argument {key!r}")
+        out = dataclasses.replace(base, **groups["self"])
+        return dataclasses.replace(out, verify=dataclasses.replace(out.verify, **groups["verify"]),
+                                   pass_options=dataclasses.replace(out.pass_options, **groups["pass_options"]))

@@ -1,0 +1,151 @@
+"""The named preconditions passes state their patterns with.
+
+Each is a small question about the graph, answered with ``None`` when the
+condition holds and with the reason, in words, when it does not: the reason is
+what ``-v`` prints for a candidate left alone. Named after the constraints of
+the TFLite MLIR optimizer (``HasOneUse``, ``CanFuseConvOrDepthwiseConv``) and
+ONNX Runtime's ``SatisfyCondition``, so a pass file reads as its pattern and
+its list of conditions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import folding
+from ..folding import FoldError
+from ..graph import Model, Operator, Subgraph, Tensor
+from ..ops import WEIGHTED, fused_activation, slot, traits
+from ..schema import ActivationFunctionType as Act
+from ..schema import BuiltinOperator as Op
+from ..schema import TensorType
+from .weights import float_weight_of, is_constant_operand
+
+
+def why_not_removable(model: Model, sg: Subgraph, t: Tensor, reader: Operator) -> str | None:
+    """Why the intermediate tensor ``t`` cannot disappear into a fusion whose
+    next op is ``reader`` (None: it can).
+
+    A fused pattern deletes its intermediate tensors, so each must be read by
+    the pattern alone (``HasOneUse``): not by another op, not as a subgraph or
+    signature output (someone outside can observe it), and not be a variable
+    (state).
+    """
+    if model.is_observed(sg, t):
+        return f"intermediate {t.name!r} is a model output"
+    if t.is_variable:
+        return f"intermediate {t.name!r} is a variable"
+    users = sg.consumers(t)
+    if len(users) != 1 or users[0] is not reader:
+        return f"intermediate {t.name!r} has {len(users)} consumers"
+    if reader.inputs.count(t) != 1:
+        return f"intermediate {t.name!r} is read twice by {reader.type_name}"
+    return None
+
+
+def same_quantization(a: Tensor, b: Tensor) -> bool:
+    qa, qb = a.quant_params(), b.quant_params()
+    if qa is None or qb is None:
+        return qa is None and qb is None
+    return (np.array_equal(qa[0], qb[0]) and np.array_equal(qa[1], qb[1])
+            and (len(qa[0]) == 1 or qa[2] == qb[2]))
+
+
+def is_float32(t: Tensor | None) -> bool:
+    return t is not None and t.dtype == TensorType.FLOAT32 and not t.is_quantized
+
+
+def quantized_merge_refused(dtype: int, depthwise: bool) -> str | None:
+    """Why a quantized model must keep its per-group convs as they are (None:
+    the merged op gives the very same bytes).
+
+    Integer convs are exact up to the final requantization, and there the
+    interpreter's kernels disagree (measured on ai-edge-litert 2.3, see
+    ``tests/test_grouped_conv_runtime.py``): an int8 DEPTHWISE_CONV_2D gives
+    the very bytes of the per-channel CONV_2D it replaces, but the optimized
+    builtin int8 *grouped* CONV_2D rounds some values one step differently from
+    per-group (or dense) CONV_2D, and the legacy uint8 kernels do so for
+    depthwise too. One step per layer compounds over a network, so only the
+    bit-exact rewrite is made.
+    """
+    if dtype == TensorType.UINT8:
+        return "uint8: the interpreter's uint8 CONV_2D and DEPTHWISE_CONV_2D round differently (measured)"
+    if dtype == TensorType.INT8 and not depthwise:
+        return ("int8 grouped CONV_2D: the interpreter's optimized kernel rounds one step differently "
+                "from per-group CONV_2D (measured), and steps compound; left as it is")
+    return None
+
+
+def constant_operand(sg: Subgraph, op: Operator) -> int | None:
+    """Index of the one constant operand of a binary op (a constant tensor,
+    quantized or not, or a float16 constant behind DEQUANTIZE); None if there
+    is not exactly one."""
+    if len(op.inputs) != 2:
+        return None
+    const = [i for i, t in enumerate(op.inputs) if is_constant_operand(sg, t)]
+    return const[0] if len(const) == 1 else None
+
+
+def _weights_reason(sg: Subgraph, op: Operator, what: str) -> str | None:
+    """Why ``op``'s filter or bias is not a float constant we can fold into."""
+    name = op.type_name
+    if op.code == Op.FULLY_CONNECTED and getattr(op.options, "weightsFormat", 0) != 0:
+        return "FULLY_CONNECTED weights are in a shuffled format"
+    w = float_weight_of(sg, slot(op, "filter"))
+    if isinstance(w, str):
+        return f"{what}filter {w}" + (" (hybrid/int8 weights are not folded)" if "quantized" in w else "")
+    b = slot(op, "bias")
+    if b is not None:
+        bw = float_weight_of(sg, b)
+        if isinstance(bw, str):
+            return f"{what}bias {bw}"
+    return None
+
+
+def why_no_output_affine(sg: Subgraph, op: Operator) -> str | None:
+    """Why nothing after the weighted op ``op`` can fold into its weights
+    (None: a per-channel MUL/ADD after it can), as ``CanFuseConvOrDepthwiseConv``.
+
+    A fused activation stops it (``relu(y) * c`` is not ``relu(y * c)``); so do
+    a quantized output (in int8 each op of the chain requantizes to its own
+    scale and clamps to its own range, and removing those roundings and clamps
+    moves outputs by more than the one step a verified rewrite may move them)
+    and weights that are not float constants.
+    """
+    name = op.type_name
+    if traits(op.code).kind not in WEIGHTED:
+        return f"{name} has no weights"
+    if op.options is None:
+        return f"{name} has no options table"
+    if fused_activation(op) not in (None, Act.NONE):
+        return f"{name} already has a fused activation; a MUL/ADD after it cannot move before it"
+    y = op.outputs[0]
+    if y.is_quantized:
+        return (f"{name} output is quantized: folding MUL/ADD into int8 weights cannot be made exact "
+                "(the intermediate requantization and clamp would be lost); int8 weight-scale folding "
+                "is not implemented")
+    if y.dtype != TensorType.FLOAT32:
+        return f"{name} output is not float32"
+    return _weights_reason(sg, op, "")
+
+
+def why_no_input_affine(sg: Subgraph, op: Operator) -> str | None:
+    """Why a per-channel MUL/ADD feeding the weighted op ``op`` cannot fold
+    into its filter and bias (None: it can, padding permitting)."""
+    name = op.type_name
+    if op.options is None:
+        return f"{name} has no options table"
+    x = slot(op, "data")
+    if x.is_quantized:
+        return (f"{name} input is quantized: the MUL/ADD requantizes its result, which cannot move into "
+                "the weights exactly")
+    if x.dtype != TensorType.FLOAT32:
+        return f"{name} input is not float32"
+    why = _weights_reason(sg, op, f"{name} ")
+    if why:
+        return why
+    try:
+        folding.input_channel_map(traits(op.code).kind, slot(op, "filter").shape, int(x.shape[-1]))
+    except FoldError as e:
+        return str(e)
+    return None

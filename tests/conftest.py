@@ -50,6 +50,12 @@ def op_counts(result) -> dict[str, int]:
     return result.report["output"]["op_counts"]
 
 
+@pytest.fixture(scope="module")
+def tf():
+    """TensorFlow, for tests that convert with its TFLite converter."""
+    return pytest.importorskip("tensorflow")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from tflite_fuser.builder import ModelBuilder
-from tflite_fuser.graph import Buffer, Metadata, OpCode, Operator, SignatureDef, Tensor
+from tflite_fuser.graph import Buffer, Metadata, OpCode, Operator, SignatureDef, Tensor, quantization
 from tflite_fuser.schema import BuiltinOperator as Op
 from tflite_fuser.schema import BuiltinOptions, TensorType, fb
 
@@ -91,13 +91,7 @@ def quantized_per_channel() -> bytes:
     r = _rng(3)
     b = ModelBuilder()
 
-    def q(scale, zp, dim=0):
-        qp = fb.QuantizationParametersT()
-        qp.scale = np.asarray(scale, np.float32)
-        qp.zeroPoint = np.asarray(zp, np.int64)
-        qp.quantizedDimension = dim
-        return qp
-
+    q = quantization
     x = b.input("x", [1, 8, 8, 3], TensorType.INT8, q([0.02], [-3]))
     w_scale = r.uniform(0.005, 0.02, 8)
     w = b.const(r.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8), "w", TensorType.INT8,

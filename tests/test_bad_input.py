@@ -10,14 +10,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import models
 from tflite_fuser.cli import main
-from tflite_fuser.graph import Model
-from tflite_fuser.reader import read_model
-from tflite_fuser.writer import write_model
 
 GOOD = models.conv_relu().to_bytes()
 

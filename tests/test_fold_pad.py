@@ -13,11 +13,11 @@ from tflite_fuser.builder import ModelBuilder
 from tflite_fuser.schema import BuiltinOperator as Op
 from tflite_fuser.schema import Padding
 
+from helpers import reasons
+
+PASS = "fold-pad"
+
 R = np.random.default_rng(0)
-
-
-def reasons(result) -> list[str]:
-    return [s["reason"] for s in result.report["skipped"] if s["pass"] == "fold-pad"]
 
 
 def the_conv(result):
@@ -82,7 +82,7 @@ def test_padv2_with_zero_folds():
 def test_pad_that_is_not_same_is_left_alone_and_says_why(kw, why):
     result = fuse_and_check(pad_conv(**kw))
     assert op_counts(result)[("PADV2" if kw.get("pad_op") == "padv2" else "PAD")] == 1
-    assert any(why in r for r in reasons(result)), reasons(result)
+    assert any(why in r for r in reasons(result, PASS)), reasons(result, PASS)
 
 
 # ------------------------------------------------------------- TF's converter
@@ -116,7 +116,7 @@ def test_tf_converted_stride2_pad_that_is_not_same_is_left_alone(int8):
     TF keeps the PAD, and so must we. (On an odd size TF folds it itself.)"""
     result = fuse_and_check(tf_pad_conv(8, int8))
     assert op_counts(result) == {"CONV_2D": 1, "PAD": 1}
-    assert any("SAME would pad (0, 1)" in r for r in reasons(result))
+    assert any("SAME would pad (0, 1)" in r for r in reasons(result, PASS))
 
 
 # ------------------------------------------------------------------------ int8

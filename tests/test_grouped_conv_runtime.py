@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from tflite_fuser.builder import ModelBuilder, conv_output_size
-from tflite_fuser.ops import TRAITS
-from tflite_fuser.schema import BuiltinOperator as _Op
-
-GROUPED_CONV_VERSION = TRAITS[_Op.CONV_2D].versions["groups"]
 from tflite_fuser.pipeline import load, run_passes
 from tflite_fuser.writer import serialize
 from tflite_fuser.schema import BuiltinOperator as Op
 from tflite_fuser.schema import TensorType, fb
 
-RESOLVERS = {"builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, "xnnpack": OpResolverType.AUTO,
-             "reference": OpResolverType.BUILTIN_REF}
+from tflite_fuser.ops import TRAITS
 
+from helpers import RESOLVERS, quantization, run_tflite
+
+GROUPED_CONV_VERSION = TRAITS[Op.CONV_2D].versions["groups"]
 
 def reference_conv(x, w, b, groups, stride=1, dilation=1, padding="SAME"):
     """Grouped conv in float64 numpy: x NHWC, w OHWI [Cout,kh,kw,Cin/G], TF padding."""
@@ -57,14 +54,6 @@ def reference_conv(x, w, b, groups, stride=1, dilation=1, padding="SAME"):
     return out + b
 
 
-def run(model_bytes: bytes, x: np.ndarray, kernels: str) -> np.ndarray:
-    it = Interpreter(model_content=model_bytes, experimental_op_resolver_type=RESOLVERS[kernels])
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
-
-
 @pytest.mark.parametrize("kernels", ["builtin", "xnnpack"])
 @pytest.mark.parametrize("cin,cout,groups,k,stride,dilation", [
     (8, 16, 2, 3, 1, 1),
@@ -81,17 +70,9 @@ def test_interpreter_runs_float_grouped_conv2d_like_the_reference(kernels, cin, 
     x = b.input("x", [1, 11, 11, cin])
     b.output(b.conv2d(x, w, bias, stride=stride, dilation=dilation, version=GROUPED_CONV_VERSION))
     xv = rng.uniform(-1, 1, (1, 11, 11, cin)).astype(np.float32)
-    got = run(b.to_bytes(), xv, kernels)
+    got = run_tflite(b.to_bytes(), xv, kernels)
     want = reference_conv(xv, w, bias, groups, stride, dilation)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
-def _q(scale, zp, dim=0):
-    q = fb.QuantizationParametersT()
-    q.scale = list(np.atleast_1d(scale).astype(float))
-    q.zeroPoint = list(np.atleast_1d(zp).astype(int))
-    q.quantizedDimension = dim
-    return q
 
 
 @pytest.mark.parametrize("kernels", ["builtin", "xnnpack"])
@@ -104,15 +85,15 @@ def test_interpreter_runs_int8_grouped_conv2d_like_the_reference(kernels, rng):
     ws = rng.uniform(0.002, 0.01, cout)
     bq = rng.integers(-500, 500, cout).astype(np.int32)
     b = ModelBuilder()
-    x = b.input("x", [1, 9, 9, cin], TensorType.INT8, _q(in_s, in_z))
-    wt = b.const(wq, "w", TensorType.INT8, _q(ws, np.zeros(cout), 0))
-    bt = b.const(bq, "b", TensorType.INT32, _q(in_s * ws, np.zeros(cout), 0))
+    x = b.input("x", [1, 9, 9, cin], TensorType.INT8, quantization(in_s, in_z))
+    wt = b.const(wq, "w", TensorType.INT8, quantization(ws, np.zeros(cout), 0))
+    bt = b.const(bq, "b", TensorType.INT32, quantization(in_s * ws, np.zeros(cout), 0))
     y = b.op(Op.CONV_2D, [x, wt, bt], [[1, 9, 9, cout]],
              fb.Conv2DOptionsT(padding=0, strideW=1, strideH=1), 1, version=GROUPED_CONV_VERSION,
-             dtype=TensorType.INT8, quantization=_q(out_s, out_z))[0]
+             dtype=TensorType.INT8, quantization=quantization(out_s, out_z))[0]
     b.output(y)
     xq = rng.integers(-128, 128, (1, 9, 9, cin)).astype(np.int8)
-    got = run(b.to_bytes(), xq, kernels).astype(np.int64)
+    got = run_tflite(b.to_bytes(), xq, kernels).astype(np.int64)
     real = reference_conv((xq.astype(np.float64) - in_z) * in_s, wq * ws[:, None, None, None],
                           bq * in_s * ws, groups)
     want = np.clip(np.round(real / out_s) + out_z, -128, 127)
@@ -134,16 +115,16 @@ def int8_split_conv(rng, c, width, outs, hw=33) -> bytes:
     outputs, per-channel filter scales) -> CONCATENATION."""
     in_q, out_q = (0.031, -128), (0.087, -3)
     b = ModelBuilder()
-    x = b.input("x", [1, hw, hw, c], TensorType.INT8, _q(*in_q))
+    x = b.input("x", [1, hw, hw, c], TensorType.INT8, quantization(*in_q))
     ys = []
-    for p in b.split(x, c // width, quantization=_q(*in_q)):
+    for p in b.split(x, c // width, quantization=quantization(*in_q)):
         ws = rng.uniform(0.001, 0.003, outs)
         w = b.const(rng.integers(-127, 128, (outs, 3, 3, width)).astype(np.int8), "w", TensorType.INT8,
-                    _q(ws, np.zeros(outs), 0))
+                    quantization(ws, np.zeros(outs), 0))
         bias = b.const(rng.integers(-3000, 3000, outs).astype(np.int32), "b", TensorType.INT32,
-                       _q(in_q[0] * ws, np.zeros(outs)))
-        ys.append(b.conv2d(p, w, bias, version=3, quantization=_q(*out_q)))
-    b.output(b.concat(ys, quantization=_q(*out_q)))
+                       quantization(in_q[0] * ws, np.zeros(outs)))
+        ys.append(b.conv2d(p, w, bias, version=3, quantization=quantization(*out_q)))
+    b.output(b.concat(ys, quantization=quantization(*out_q)))
     return b.to_bytes()
 
 
@@ -162,7 +143,7 @@ def test_int8_merged_conv_is_bit_exact_only_where_the_passes_use_it(width, exact
     merged = serialize(model).tobytes()
     x = rng.integers(-128, 128, (1, 33, 33, 64)).astype(np.int8)
     for kernels in RESOLVERS:
-        diff = np.abs(run(src, x, kernels).astype(int) - run(merged, x, kernels).astype(int)).max()
+        diff = np.abs(run_tflite(src, x, kernels).astype(int) - run_tflite(merged, x, kernels).astype(int)).max()
         assert (diff == 0) == (kernels in exact_kernels), (kernels, diff)
         assert diff <= 1
 

@@ -12,9 +12,10 @@ from tflite_fuser.conv_layout import (block_diagonal_groups, block_nonzero, dept
                                       ohwi_to_depthwise, plan_groups, stack_ohwi)
 from tflite_fuser.pipeline import load, run_passes
 from tflite_fuser.schema import BuiltinOperator as Op
-from tflite_fuser.schema import TensorType, fb
+from tflite_fuser.schema import TensorType
 
 from conftest import fuse_and_check, op_counts
+from helpers import quantization
 
 PASS = "narrow-block-diagonal"
 
@@ -95,11 +96,7 @@ def int8_block_diagonal_model(rng, c, groups) -> tuple[bytes, np.ndarray]:
     wq = np.clip(np.round(dense * 40), -127, 127).astype(np.int8)
     scales = rng.uniform(0.005, 0.02, c)
 
-    def q(s, z, dim=0):
-        p = fb.QuantizationParametersT()
-        p.scale, p.zeroPoint, p.quantizedDimension = list(np.atleast_1d(s)), list(np.atleast_1d(z)), dim
-        return p
-
+    q = quantization
     b = ModelBuilder()
     x = b.input("x", [1, 9, 9, c], TensorType.INT8, q(0.02, -1))
     w = b.const(wq, "w", TensorType.INT8, q(scales, np.zeros(c, int)))
@@ -167,11 +164,7 @@ def test_uint8_block_diagonal_conv_is_left_alone(rng):
     dense, _ = block_diagonal(rng, 8, 8, 2)
     wq = np.where(dense != 0, np.clip(np.round(dense * 40) + 128, 0, 255), 128).astype(np.uint8)
 
-    def q(s, z):
-        p = fb.QuantizationParametersT()
-        p.scale, p.zeroPoint = [s], [z]
-        return p
-
+    q = quantization
     b = ModelBuilder()
     x = b.input("x", [1, 9, 9, 8], TensorType.UINT8, q(0.02, 128))
     w = b.const(wq, "w", TensorType.UINT8, q(0.01, 128))
@@ -186,11 +179,7 @@ def test_uint8_block_diagonal_conv_is_left_alone(rng):
 def test_hybrid_block_diagonal_conv_is_left_alone_with_a_reason(rng):
     dense, _ = block_diagonal(rng, 4, 4, 4)
 
-    def q(s):
-        p = fb.QuantizationParametersT()
-        p.scale, p.zeroPoint = [s], [0]
-        return p
-
+    q = quantization
     b = ModelBuilder()
     x = b.input("x", [1, 6, 6, 4])
     w = b.const(np.clip(np.round(dense * 40), -127, 127).astype(np.int8), "w", TensorType.INT8, q(0.02))

@@ -7,7 +7,6 @@ in the normal test run; ``pytest -m slow`` runs thousands.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, event, given, note, settings
 

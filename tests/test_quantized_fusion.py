@@ -16,21 +16,15 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, fuse_and_check, op_counts
-from tflite_fuser.builder import ModelBuilder, quantization
+from tflite_fuser.builder import ModelBuilder
 from tflite_fuser.schema import ActivationFunctionType as Act
 from tflite_fuser.schema import BuiltinOperator as Op
 from tflite_fuser.schema import TensorType
 
+from helpers import ops_of, quantization, reasons
+
 R = np.random.default_rng(0)
 QX = quantization(1 / 128, 0)  # input in [-1, 1)
-
-
-def reasons(result, pass_name=None) -> list[str]:
-    return [s["reason"] for s in result.report["skipped"] if pass_name is None or s["pass"] == pass_name]
-
-
-def ops(result, code):
-    return [op for op in result.model.main.operators if op.code == code]
 
 
 def int8_conv(b: ModelBuilder, x, cout: int, out_q, dtype=TensorType.INT8, per_channel=True, **kw):
@@ -66,7 +60,7 @@ def test_relu_in_the_same_quantization_fuses_exactly(act, code):
     b.output(getattr(b, act)(y, quantization=q))
     result = fuse_and_check(b.to_bytes())
     assert op_counts(result) == {"CONV_2D": 1}
-    assert ops(result, Op.CONV_2D)[0].options.fusedActivationFunction == code
+    assert ops_of(result, Op.CONV_2D)[0].options.fusedActivationFunction == code
     assert result.verification.max_abs_error == 0
 
 
@@ -87,7 +81,7 @@ def test_relu_with_its_own_finer_quantization_fuses_within_one_step():
     b.output(b.relu(int8_conv(b, int8_input(b), 8, q1), quantization=q2))
     result = fuse_and_check(b.to_bytes())
     assert op_counts(result) == {"CONV_2D": 1}
-    (conv,) = ops(result, Op.CONV_2D)
+    (conv,) = ops_of(result, Op.CONV_2D)
     assert conv.outputs[0].quant_params()[0][0] == pytest.approx(0.0214)  # took the RELU's quantization
     assert result.verification.max_abs_error <= 1
 
@@ -109,7 +103,7 @@ def test_int8_residual_add_takes_the_relu():
     b.output(b.relu(b.add(y1, y2, quantization=q), quantization=q))
     result = fuse_and_check(b.to_bytes())
     assert op_counts(result) == {"ADD": 1, "CONV_2D": 1}
-    assert ops(result, Op.ADD)[0].options.fusedActivationFunction == Act.RELU
+    assert ops_of(result, Op.ADD)[0].options.fusedActivationFunction == Act.RELU
     assert result.verification.max_abs_error == 0
 
 
@@ -139,7 +133,7 @@ def test_int8_batch_norm_is_refused_with_a_reason_but_its_relu_fuses():
     b.output(b.relu(y, quantization=q3))
     result = fuse_and_check(b.to_bytes())
     assert op_counts(result) == {"ADD": 1, "CONV_2D": 1, "MUL": 1}
-    assert ops(result, Op.ADD)[0].options.fusedActivationFunction == Act.RELU
+    assert ops_of(result, Op.ADD)[0].options.fusedActivationFunction == Act.RELU
     assert any("quantized" in r and "int8 weight-scale folding is not implemented" in r
                for r in reasons(result, "fold-affine"))
 
@@ -220,7 +214,7 @@ def test_int8_network_1_with_a_separate_relu_becomes_one_conv_with_relu():
     data, module, (s_in, _, s_out) = quantized_net1(relu_own_range=False)
     result = fuse_and_check(data)
     assert op_counts(result) == {"CONV_2D": 1}
-    (conv,) = ops(result, Op.CONV_2D)
+    (conv,) = ops_of(result, Op.CONV_2D)
     assert conv.options.fusedActivationFunction == Act.RELU
     assert result.verification.max_abs_error == 0  # same quantization: the fused clamp is exact
 

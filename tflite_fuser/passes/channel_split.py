@@ -1,5 +1,5 @@
-"""Matching helpers for the split-conv passes: which channels of which tensor
-a piece is, and what two convolutions must share to be one.
+"""Matching helpers for the split-conv pass: which channels of which tensor
+a piece is.
 
 A converter lowers a depthwise or grouped convolution by cutting the input's
 channel axis into pieces (one ``SPLIT``/``SPLIT_V``, or one ``SLICE`` /
@@ -12,9 +12,7 @@ ranges that cover it. Any other shape of slicing is reported, not guessed.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 
@@ -209,48 +207,3 @@ def match_partition(sg: Subgraph, tensors: list[Tensor]) -> Partition | str:
     else:
         ops = slices
     return Partition(source, pieces, ops)
-
-
-# ----------------------------------------------------------------- conv facts
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """What two convs must share to be one conv: padding, strides, dilations
-    and fused activation."""
-
-    padding: int
-    stride_h: int
-    stride_w: int
-    dilation_h: int
-    dilation_w: int
-    activation: int
-
-    #: the words a difference is reported in
-    WORDS: ClassVar[dict[str, str]] = {"padding": "padding", "stride_h": "stride", "stride_w": "stride", "dilation_h": "dilation",
-             "dilation_w": "dilation", "activation": "activation"}
-
-    @staticmethod
-    def of(op: Operator) -> "ConvGeometry | None":
-        o = op.options
-        if o is None:
-            return None
-        return ConvGeometry(o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor,
-                            o.fusedActivationFunction)
-
-    def difference(self, other: "ConvGeometry") -> str | None:
-        """The first attribute the two differ in, in words (None: none)."""
-        for f in dataclasses.fields(self):
-            if getattr(self, f.name) != getattr(other, f.name):
-                return self.WORDS[f.name]
-        return None
-
-    @property
-    def dilated(self) -> bool:
-        return max(self.dilation_h, self.dilation_w) > 1
-
-    def set_on(self, opts, activation: int) -> None:
-        """Write this geometry, with ``activation``, into a conv options table."""
-        opts.padding, opts.strideH, opts.strideW = self.padding, self.stride_h, self.stride_w
-        opts.dilationHFactor, opts.dilationWFactor = self.dilation_h, self.dilation_w
-        opts.fusedActivationFunction = activation

@@ -58,12 +58,13 @@ import numpy as np
 
 from ..conv_layout import GroupPlan, depthwise_to_ohwi, ohwi_to_depthwise, plan_groups, stack_ohwi
 from ..graph import Operator, Subgraph, Tensor, quantization
-from ..ops import ACTIVATION, CONV, DEPTHWISE, activation_for, codes, compose_activations, traits, version_for
+from ..ops import ACTIVATION, CONV, DEPTHWISE, activation_for, codes, compose_activations, traits
 from ..schema import ActivationFunctionType as Act
 from ..schema import BuiltinOperator as Op
-from ..schema import BuiltinOptions, TensorType, fb, type_name
+from ..schema import TensorType, type_name
 from .base import FusionPass, Match, PassContext, Skip
-from .channel_split import SLICING_OPS, ConvGeometry, Partition, match_partition
+from .channel_split import SLICING_OPS, Partition, match_partition
+from .convs import ConvGeometry, grouped_conv
 from .predicates import quantized_merge_refused, same_quantization, why_not_removable
 from .weights import Weight, WeightStore, weight_of
 
@@ -224,24 +225,9 @@ class FuseSplitConv(FusionPass):
                          dtype=TensorType.INT32 if quantized else
                          TensorType.FLOAT16 if x.dtype == TensorType.FLOAT16 else TensorType.FLOAT32)
 
-        g = m.geometry
-        if plan.is_depthwise:
-            floor = first.opcode.version if first.code == Op.DEPTHWISE_CONV_2D else 1
-            code = Op.DEPTHWISE_CONV_2D
-            version = version_for(code, floor, int8=x.dtype == TensorType.INT8, dilation=g.dilated)
-            opts = fb.DepthwiseConv2DOptionsT()
-            opts.depthMultiplier = plan.depth_multiplier
-            opts_type = BuiltinOptions.DepthwiseConv2DOptions
-        else:
-            code = Op.CONV_2D
-            version = version_for(code, first.opcode.version, groups=True)
-            opts = fb.Conv2DOptionsT()
-            if first.code == Op.CONV_2D:
-                opts.quantizedBiasType = first.options.quantizedBiasType
-            opts_type = BuiltinOptions.Conv2DOptions
-        g.set_on(opts, m.activation)
-        conv = Operator(model.opcode(code, version), [x, filt, bias], [m.output], options=opts,
-                        options_type=opts_type)
+        conv = grouped_conv(model, x, filt, bias, m.output, depthwise=plan.is_depthwise,
+                            depth_multiplier=plan.depth_multiplier, geometry=m.geometry, activation=m.activation,
+                            like=first)
         store.commit(conv)
         kind = ("DEPTHWISE_CONV_2D" + (f" (depth multiplier {plan.depth_multiplier})"
                                        if plan.depth_multiplier > 1 else "")

@@ -34,18 +34,16 @@ The pass walks each CONV_2D once and reads each filter once: linear.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..conv_layout import block_diagonal_groups, block_nonzero, narrow_filter, ohwi_to_depthwise
 from ..graph import Operator, Subgraph, Tensor, quantization
-from ..ops import version_for
 from ..schema import BuiltinOperator as Op
-from ..schema import BuiltinOptions, TensorType, fb, type_name
+from ..schema import TensorType, type_name
 from .base import FusionPass, Match, PassContext, Skip
-from .channel_split import ConvGeometry
+from .convs import ConvGeometry, grouped_conv
 from .predicates import quantized_merge_refused
 from .weights import Weight, WeightStore, weight_of
 
@@ -106,30 +104,17 @@ class NarrowBlockDiagonalConv(FusionPass):
         cin, cout = x.shape[3], w.stored.shape[0]
         narrowed = narrow_filter(w.raw, groups)
         q = w.stored.quant_params()
-        quant = None
-        if groups == cin:
-            stored = ohwi_to_depthwise(narrowed)
-            if q is not None:
-                quant = quantization(q[0], q[1], 3 if len(q[0]) > 1 else 0)
-            opts = fb.DepthwiseConv2DOptionsT()
-            opts.depthMultiplier = cout // cin
-            geometry = ConvGeometry.of(op)
-            geometry.set_on(opts, geometry.activation)
-            code, opts_type = Op.DEPTHWISE_CONV_2D, BuiltinOptions.DepthwiseConv2DOptions
-            version = version_for(code, 1, int8=x.dtype == TensorType.INT8, dilation=geometry.dilated)
-            what = "DEPTHWISE_CONV_2D"
-        else:
-            stored = narrowed
-            if q is not None:
-                quant = quantization(q[0], q[1], q[2] if len(q[0]) > 1 else 0)
-            opts = copy.copy(op.options)
-            code, opts_type = Op.CONV_2D, BuiltinOptions.Conv2DOptions
-            version = version_for(code, op.opcode.version, groups=True)
-            what = f"grouped CONV_2D ({groups} groups)"
+        depthwise = groups == cin
+        # Per-channel parameters run along the output axis and carry over
+        # unchanged: to axis 3 of a depthwise filter.
+        quant = None if q is None else quantization(q[0], q[1], (3 if depthwise else q[2]) if len(q[0]) > 1 else 0)
         store = WeightStore(ctx.model, sg, ctx, [op])
-        filt = store.add(stored, w, f"{out.name}/narrowed_filter", quant)
-        store.commit(Operator(ctx.model.opcode(code, version), [x, filt, bias], [out], options=opts,
-                              options_type=opts_type))
+        filt = store.add(ohwi_to_depthwise(narrowed) if depthwise else narrowed, w, f"{out.name}/narrowed_filter",
+                         quant)
+        geometry = ConvGeometry.of(op)
+        store.commit(grouped_conv(ctx.model, x, filt, bias, out, depthwise=depthwise, depth_multiplier=cout // cin,
+                                  geometry=geometry, activation=geometry.activation, like=op))
+        what = "DEPTHWISE_CONV_2D" if depthwise else f"grouped CONV_2D ({groups} groups)"
         return f"narrowed block-diagonal CONV_2D -> {out.name!r} to {what}"
 
 

@@ -125,7 +125,7 @@ def test_tf_converted_stride2_pad_that_is_not_same_is_left_alone(int8):
 def test_int8_pad_folds_exactly():
     """PAD fills with the zero point (real 0) and a SAME int8 conv pads with
     the input offset (real 0 too): the fold is exact, not one step off."""
-    from tflite_fuser.builder import quantization
+    from tflite_fuser.graph import quantization
     from tflite_fuser.schema import TensorType
 
     b = ModelBuilder()

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .graph import Model, Operator, Subgraph, Tensor, quantization  # noqa: F401 (re-exported for tests)
+from .graph import Model, Operator, Subgraph, Tensor
 from .schema import ActivationFunctionType as Act
 from .schema import BuiltinOperator as Op
 from .schema import BuiltinOptions, Padding, TensorType, fb, op_name

@@ -70,7 +70,7 @@ def compose(scale: np.ndarray, shift: np.ndarray, op: str, c: np.ndarray,
     negated); ``c / y`` is not, and neither is a division by zero.
     """
     c = np.asarray(c, np.float64)
-    if not np.all(np.isfinite(c)):
+    if not np.isfinite(c).all():
         raise FoldError("constant is not finite")
     if op == "MUL":
         return scale * c, shift * c
@@ -81,7 +81,7 @@ def compose(scale: np.ndarray, shift: np.ndarray, op: str, c: np.ndarray,
     if op == "DIV":
         if const_first:
             raise FoldError("c / x is not affine in x")
-        if np.any(c == 0):
+        if (c == 0).any():
             raise FoldError("divisor has zeros")
         return scale / c, shift / c
     raise FoldError(f"{op} is not an affine op")
@@ -99,8 +99,8 @@ def compose_before(outer: tuple[np.ndarray, np.ndarray],
 def is_identity(scale: np.ndarray | None, shift: np.ndarray | None) -> tuple[bool, bool]:
     """(scale is all ones, shift is all zeros): lets a pass keep a tensor it
     does not need to rewrite (an ADD-only chain leaves the filter alone)."""
-    return (scale is None or bool(np.all(scale == 1.0)),
-            shift is None or bool(np.all(shift == 0.0)))
+    return (scale is None or bool((scale == 1.0).all()),
+            shift is None or bool((shift == 0.0).all()))
 
 
 # ------------------------------------------------------------ output-side folding
@@ -233,6 +233,9 @@ def pad_equals_same(size: int | None, pads: tuple[int, int], kernel: int, stride
 # ------------------------------------------------------------------- rounding
 
 
+_FLOAT_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
+
+
 def round_once(values: np.ndarray, dtype, what: str, exact: bool = False) -> np.ndarray:
     """``values`` (float64) rounded once to ``dtype`` for storage.
 
@@ -244,16 +247,18 @@ def round_once(values: np.ndarray, dtype, what: str, exact: bool = False) -> np.
     """
     v = np.asarray(values, np.float64)
     dt = np.dtype(dtype)
-    if not np.all(np.isfinite(v)):
+    if not v.size:
+        return v.astype(dt)
+    big = np.abs(v).max()
+    if not np.isfinite(big):  # max of |v| is finite iff every value is (NaN propagates)
         raise FoldError(f"folded {what} would not be finite")
-    limit = float(np.finfo(dt).max)
-    biggest = float(np.abs(v).max(initial=0.0))
-    if biggest > limit:
-        raise FoldError(f"folded {what} would overflow {dt.name} (|value| up to {biggest:.3g} > {limit:.3g})")
+    limit = _FLOAT_MAX[dt]
+    if big > limit:
+        raise FoldError(f"folded {what} would overflow {dt.name} (|value| up to {float(big):.3g} > {limit:.3g})")
     out = v.astype(dt)
-    if not np.all(np.isfinite(out)):  # rounding up to the next binade past max
+    if big > limit / 2 and not np.isfinite(out).all():  # rounding up to the next binade past max
         raise FoldError(f"folded {what} would overflow {dt.name}")
-    if exact and np.any(out.astype(np.float64) != v):
+    if exact and (out.astype(np.float64) != v).any():
         raise FoldError(f"folded {what} is not representable in {dt.name} and --fp16-weights exact forbids "
                         f"re-rounding it (up to 2^-{np.finfo(dt).nmant + 1} relative); 'keep' re-rounds, "
                         f"'float32' stores float32")

@@ -17,7 +17,8 @@ we do not carry.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -71,7 +72,7 @@ def as_raw_bytes(array: np.ndarray) -> np.ndarray:
     return arr.reshape(-1).view(np.uint8)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class OpCode:
     """An entry of the model's operator-code table, kept exactly as stored.
 
@@ -85,11 +86,11 @@ class OpCode:
     custom_code: str | None = None
     version: int = 1
 
-    @property
+    @functools.cached_property
     def code(self) -> int:
         return max(self.builtin_code, self.deprecated_builtin_code)
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         if self.code == fb.BuiltinOperator.CUSTOM:
             return f"CUSTOM({self.custom_code})"
@@ -113,7 +114,7 @@ def quantization(scale, zero_point=0, axis: int = 0):
                                       quantizedDimension=axis)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Tensor:
     name: str
     shape: list[int]
@@ -140,13 +141,12 @@ class Tensor:
         This is a zero-copy view of the buffer; it is ``None`` when the tensor
         has no data or its byte count does not match its shape.
         """
-        if not self.is_constant or self.dtype not in NUMPY_DTYPES:
+        buf = self.buffer
+        raw = buf.data if buf is not None else None
+        dt = NUMPY_DTYPES.get(self.dtype)
+        if raw is None or not raw.nbytes or dt is None or raw.nbytes != dt.itemsize * math.prod(self.shape):
             return None
-        dt = NUMPY_DTYPES[self.dtype]
-        raw = self.buffer.data
-        if raw.nbytes != dt.itemsize * int(np.prod(self.shape, dtype=np.int64)):
-            return None
-        arr = np.frombuffer(raw, dtype=dt).reshape(self.shape)
+        arr = raw.view(dt).reshape(self.shape) if raw.dtype == np.uint8 else np.frombuffer(raw, dt).reshape(self.shape)
         arr.flags.writeable = False
         return arr
 
@@ -166,22 +166,78 @@ class Tensor:
         return f"Tensor({self.name!r}, {type_name(self.dtype)}{list(self.shape)})"
 
 
-@dataclass(eq=False)
+class LazyTable:
+    """An options table still in the input file: decoded by the generated
+    object API only when someone reads it (most ops' options are never read;
+    the writer copies untouched ones without decoding them, see writer.py)."""
+
+    __slots__ = ("buf", "pos", "union_type", "creator")
+
+    def __init__(self, buf, pos: int, union_type: int, creator):
+        self.buf, self.pos, self.union_type, self.creator = buf, pos, union_type, creator
+
+    def decode(self):
+        import flatbuffers.table
+
+        return self.creator(self.union_type, flatbuffers.table.Table(self.buf, self.pos))
+
+
+_SLOTS_COPIED = ("opcode", "inputs", "outputs", "_options", "options_type", "custom_options", "custom_options_format",
+                 "mutating_variable_inputs", "intermediates", "large_custom_options", "_options2", "options2_type",
+                 "debug_metadata_index")
+
+
 class Operator:
-    opcode: OpCode
-    inputs: list[Tensor | None]  # None is an omitted optional input (-1 in the file)
-    outputs: list[Tensor | None]
-    options: Any = None  # fb.*OptionsT instance for builtin_options
-    options_type: int = 0  # fb.BuiltinOptions enum
-    custom_options: np.ndarray | None = None
-    custom_options_format: int = 0
-    mutating_variable_inputs: list[bool] | None = None
-    intermediates: list[Tensor | None] | None = None
-    #: custom options stored after the flatbuffer (>2 GB models); bytes held here
-    large_custom_options: np.ndarray | None = None
-    options2: Any = None
-    options2_type: int = 0
-    debug_metadata_index: int = -1
+    """One operator: its opcode entry, input and output tensors (``None`` is an
+    omitted optional input, -1 in the file), and its options.
+
+    ``options`` is the schema's object-API table (``fb.Conv2DOptionsT`` ...);
+    an operator read from a file holds it undecoded until first read.
+    """
+
+    __slots__ = ("opcode", "inputs", "outputs", "_options", "options_type", "custom_options",
+                 "custom_options_format", "mutating_variable_inputs", "intermediates", "large_custom_options",
+                 "_options2", "options2_type", "debug_metadata_index", "__weakref__")
+
+    def __init__(self, opcode: OpCode, inputs: list[Tensor | None], outputs: list[Tensor | None],
+                 options: Any = None, options_type: int = 0, custom_options: np.ndarray | None = None,
+                 custom_options_format: int = 0, mutating_variable_inputs: list[bool] | None = None,
+                 intermediates: list[Tensor | None] | None = None, large_custom_options: np.ndarray | None = None,
+                 options2: Any = None, options2_type: int = 0, debug_metadata_index: int = -1):
+        self.opcode = opcode
+        self.inputs = inputs
+        self.outputs = outputs
+        self._options = options  # fb.*OptionsT, or a LazyTable
+        self.options_type = options_type  # fb.BuiltinOptions enum
+        self.custom_options = custom_options
+        self.custom_options_format = custom_options_format
+        self.mutating_variable_inputs = mutating_variable_inputs
+        self.intermediates = intermediates
+        #: custom options stored after the flatbuffer (>2 GB models); bytes held here
+        self.large_custom_options = large_custom_options
+        self._options2 = options2
+        self.options2_type = options2_type
+        self.debug_metadata_index = debug_metadata_index
+
+    @property
+    def options(self) -> Any:
+        if isinstance(self._options, LazyTable):
+            self._options = self._options.decode()
+        return self._options
+
+    @options.setter
+    def options(self, value: Any) -> None:
+        self._options = value
+
+    @property
+    def options2(self) -> Any:
+        if isinstance(self._options2, LazyTable):
+            self._options2 = self._options2.decode()
+        return self._options2
+
+    @options2.setter
+    def options2(self, value: Any) -> None:
+        self._options2 = value
 
     @property
     def code(self) -> int:
@@ -197,7 +253,12 @@ class Operator:
 
     def copy(self, **changes: Any) -> "Operator":
         """A new operator with this one's fields, some changed (shallow)."""
-        return dataclasses.replace(self, **changes)
+        new = Operator.__new__(Operator)
+        for k in _SLOTS_COPIED:
+            setattr(new, k, getattr(self, k))  # an undecoded options table stays undecoded
+        for k, v in changes.items():
+            setattr(new, k, v)
+        return new
 
 
 @dataclass(eq=False)

@@ -4,6 +4,11 @@ All access goes through the generated schema readers; weight buffers become
 zero-copy numpy views of the input (an ``mmap`` when reading a file), so
 reading a 2 GB model costs page-cache, not a second copy.
 
+The tables there are many of (tensors, operators, buffers) are read as
+columns with numpy (:mod:`flatbuf`): a 100,000-op model is a few dozen array
+operations instead of millions of generated accessor calls. Options tables are
+kept undecoded (:class:`graph.LazyTable`) until a pass reads them.
+
 Python's flatbuffers runtime has no verifier, so this module is the first line
 of defence against hostile files. Every exception raised while walking the
 tables (``IndexError``, ``struct.error``, ``ValueError`` from numpy views past
@@ -16,6 +21,7 @@ checks what the interpreter would otherwise trip over.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import struct
@@ -25,9 +31,12 @@ from typing import Union
 import numpy as np
 
 from .errors import BadModelError
-from .graph import Buffer, Metadata, Model, OpCode, Operator, SignatureDef, Subgraph, Tensor
-from .pagecache import backing_of
+from .flatbuf import Bytes, Tables, decode_scalar_tables, field, scalar_table, split_lists
+from .graph import Buffer, LazyTable, Metadata, Model, OpCode, Operator, SignatureDef, Subgraph, Tensor
+from .pagecache import Backing, backing_of
 from .schema import FILE_IDENTIFIER, SCHEMA_VERSION, fb
+
+_I32, _U32, _U64, _I8, _U8 = (np.dtype(d) for d in ("<i4", "<u4", "<u8", "i1", "u1"))
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -91,6 +100,13 @@ def parse(buf: memoryview, label: str = "<bytes>") -> Model:
         raise BadModelError(f"{label}: corrupt or truncated flatbuffer ({type(e).__name__}: {e})") from None
 
 
+@functools.lru_cache(maxsize=None)
+def _options_class(union, kind: int) -> type | None:
+    """The object-API class of options of union type ``kind`` (``fb.Conv2DOptionsT``)."""
+    names = {v: k for k, v in vars(union).items() if isinstance(v, int) and not k.startswith("_")}
+    return getattr(fb, f"{names.get(kind, '')}T", None)
+
+
 def _text(raw: bytes | None) -> str | None:
     # surrogateescape keeps arbitrary bytes in names round-trippable.
     return None if raw is None else raw.decode("utf-8", "surrogateescape")
@@ -99,6 +115,7 @@ def _text(raw: bytes | None) -> str | None:
 class _Reader:
     def __init__(self, buf: memoryview, label: str):
         self.buf = buf
+        self.data = Bytes(buf)
         self.label = label
         self.mapping = buf.obj if isinstance(buf.obj, mmap.mmap) else None
         # Each table we walk costs one unit; a real file needs >= 4 bytes per
@@ -129,7 +146,7 @@ class _Reader:
             raise self.bad(f"unsupported TFLite schema version {m.Version()} (supported: {SCHEMA_VERSION})")
 
         self.charge(m.BuffersLength(), "buffers")
-        buffers = [self.buffer(m.Buffers(i), i) for i in range(m.BuffersLength())]
+        buffers = self.buffers(m)
         if not buffers:
             buffers = [Buffer()]
         self.charge(m.OperatorCodesLength(), "operator codes")
@@ -178,15 +195,38 @@ class _Reader:
             raise self.bad(f"{what} index {index} out of range (0..{len(items) - 1})")
         return items[index]
 
-    def buffer(self, b, i: int) -> Buffer:
-        offset, size = b.Offset(), b.Size()
-        if offset > 1:
-            data = self.external_bytes(offset, size, f"buffer {i}")
-            return Buffer(data, external=True, backing=backing_of(data, self.mapping))
-        if b.DataIsNone() or b.DataLength() == 0:
-            return Buffer()
-        data = b.DataAsNumpy()
-        return Buffer(data, backing=backing_of(data, self.mapping))
+    def buffers(self, m) -> list[Buffer]:
+        if m.BuffersIsNone():
+            return []
+        bt = Tables.vector(self.data, self.vector_pos(m, fb.Model, "Buffers"))
+        data_pos = bt.targets(field(fb.Buffer, "Data"))
+        sizes = np.zeros(len(bt), np.int64)
+        inline = data_pos > 0
+        if inline.any():
+            sizes[inline] = self.data.u32(data_pos[inline])
+        offsets = bt.scalars(field(fb.Buffer, "Offset"), _U64).astype(np.int64)
+        ext_sizes = bt.scalars(field(fb.Buffer, "Size"), _U64).astype(np.int64)
+        buffers = []
+        for i, (dp, n, off, ext) in enumerate(zip(data_pos.tolist(), sizes.tolist(), offsets.tolist(),
+                                                 ext_sizes.tolist())):
+            if off > 1:
+                data = self.external_bytes(off, ext, f"buffer {i}")
+                buffers.append(Buffer(data, external=True, backing=backing_of(data, self.mapping)))
+            elif dp == 0 or n == 0:
+                buffers.append(Buffer())
+            else:
+                if dp + 4 + n > len(self.buf):
+                    raise self.bad(f"truncated or corrupt: buffer {i} ({n} bytes) reaches past the end of "
+                                   f"the file ({len(self.buf)} bytes)")
+                data = self.data.u8[dp + 4:dp + 4 + n]
+                backing = Backing(self.mapping, dp + 4, n) if self.mapping is not None else None
+                buffers.append(Buffer(data, backing=backing))
+        return buffers
+
+    def vector_pos(self, obj, cls, accessor: str) -> int:
+        """Where the vector field ``accessor`` of the generated object ``obj`` starts (its length)."""
+        f = field(cls, accessor)
+        return int(Tables(self.data, np.array([obj._tab.Pos])).targets(f)[0])
 
     def opcode(self, oc) -> OpCode:
         return OpCode(
@@ -202,73 +242,150 @@ class _Reader:
         where = f"subgraph {index}"
         n_t = s.TensorsLength()
         self.charge(n_t, f"{where} tensors")
-        tensors = [self.tensor(fb.TensorT.InitFromObj(s.Tensors(i)), buffers, f"{where} tensor {i}")
-                   for i in range(n_t)]
+        tensors = self.tensors(s, buffers, where) if n_t else []
+        lookup = np.array(tensors + [None], dtype=object)  # index -1 (an omitted input) is the None
 
-        def ref(i: int, what: str, optional: bool = False) -> Tensor | None:
-            if optional and i == -1:
-                return None
-            if not 0 <= i < n_t:
+        def refs(values: np.ndarray, what: str, optional: bool) -> np.ndarray:
+            bad = (values < (-1 if optional else 0)) | (values >= n_t)
+            if bad.any():
+                i = int(values[np.argmax(bad)])
                 raise self.bad(f"{where}: {what} refers to tensor {i}, but there are {n_t}")
-            return tensors[i]
+            return lookup[values]
 
-        def refs(arr, what: str, optional: bool = False) -> list:
-            if arr is None or isinstance(arr, int):
-                return []
-            self.charge(len(arr), what)
-            return [ref(int(i), what, optional) for i in arr]
+        def ref_lists(tables: Tables, accessor: str, what: str, optional: bool) -> list[list | None]:
+            values, starts, lengths = tables.vectors(field(fb.Operator, accessor), _I32)
+            self.charge(len(values), what)
+            objs = refs(values.astype(np.int64), what, optional).tolist()
+            return [None if n < 0 else objs[a:a + n] for a, n in zip(starts.tolist(), lengths.tolist())]
 
         sg = Subgraph(tensors=tensors, name=_text(s.Name()), debug_metadata_index=s.DebugMetadataIndex())
-        sg.inputs = refs(s.InputsAsNumpy() if not s.InputsIsNone() else None, "input")
-        sg.outputs = refs(s.OutputsAsNumpy() if not s.OutputsIsNone() else None, "output")
+        for attr, accessor in (("inputs", "Inputs"), ("outputs", "Outputs")):
+            values = s.InputsAsNumpy() if attr == "inputs" else s.OutputsAsNumpy()
+            if isinstance(values, int):  # the field is absent
+                continue
+            self.charge(len(values), attr[:-1])
+            setattr(sg, attr, refs(np.asarray(values, np.int64), attr[:-1], False).tolist())
         n_op = s.OperatorsLength()
         self.charge(n_op, f"{where} operators")
+        if n_op:
+            sg.operators = self.operators(s, where, opcodes, ref_lists)
         referenced: set[Tensor] = set(sg.inputs) | set(sg.outputs)
-        for i in range(n_op):
-            o = fb.OperatorT.InitFromObj(s.Operators(i))
-            what = f"operator {i}"
-            op = Operator(
-                opcode=self.pick(opcodes, o.opcodeIndex, f"{where} {what} opcode"),
-                inputs=refs(o.inputs, f"{what} input", optional=True),
-                outputs=refs(o.outputs, f"{what} output", optional=True),
-                options=o.builtinOptions,
-                options_type=o.builtinOptionsType,
-                custom_options=o.customOptions,
-                custom_options_format=o.customOptionsFormat,
-                mutating_variable_inputs=None if o.mutatingVariableInputs is None
-                else [bool(x) for x in o.mutatingVariableInputs],
-                intermediates=None if o.intermediates is None
-                else refs(o.intermediates, f"{what} intermediate", optional=True),
-                options2=o.builtinOptions2,
-                options2_type=o.builtinOptions2Type,
-                debug_metadata_index=o.debugMetadataIndex,
-            )
-            if o.largeCustomOptionsOffset > 1:
-                op.large_custom_options = self.external_bytes(
-                    o.largeCustomOptionsOffset, o.largeCustomOptionsSize, f"{where} {what} custom options")
-            sg.operators.append(op)
-            referenced.update(t for t in op.inputs + op.outputs + (op.intermediates or []) if t is not None)
+        for op in sg.operators:
+            referenced.update(op.inputs)
+            referenced.update(op.outputs)
+            if op.intermediates:
+                referenced.update(op.intermediates)
         for t in tensors:
             t.unreferenced_in_source = t not in referenced
         return sg
 
-    def tensor(self, t, buffers: list[Buffer], what: str) -> Tensor:
-        shape = [] if t.shape is None or isinstance(t.shape, int) else [int(d) for d in t.shape]
-        sig = None if t.shapeSignature is None or isinstance(t.shapeSignature, int) \
-            else [int(d) for d in t.shapeSignature]
-        return Tensor(
-            name=_text(t.name) or "",
-            shape=shape,
-            dtype=t.type,
-            buffer=self.pick(buffers, t.buffer, f"{what} buffer"),
-            quantization=t.quantization,
-            is_variable=bool(t.isVariable),
-            sparsity=t.sparsity,
-            shape_signature=sig,
-            has_rank=bool(t.hasRank),
-            variant_tensors=t.variantTensors,
-            external_buffer=t.externalBuffer,
-        )
+    def operators(self, s, where: str, opcodes: list[OpCode], ref_lists) -> list[Operator]:
+        F = lambda name: field(fb.Operator, name)  # noqa: E731
+        ot = Tables.vector(self.data, self.vector_pos(s, fb.SubGraph, "Operators"))
+        codes = ot.scalars(F("OpcodeIndex"), _U32).astype(np.int64)
+        if len(codes) and (codes.max() >= len(opcodes)):
+            i = int(np.argmax(codes >= len(opcodes)))
+            raise self.bad(f"{where} operator {i} opcode index {int(codes[i])} out of range (0..{len(opcodes) - 1})")
+        inputs = ref_lists(ot, "Inputs", "input", True)
+        outputs = ref_lists(ot, "Outputs", "output", True)
+        intermediates = ref_lists(ot, "Intermediates", "intermediate", True)
+        opt_type = ot.scalars(F("BuiltinOptionsType"), _U8)
+        options = self.options(ot.targets(F("BuiltinOptions")), opt_type, fb.BuiltinOptions, fb.BuiltinOptionsCreator)
+        opt2_type = ot.scalars(F("BuiltinOptions2Type"), _U8)
+        options2 = self.options(ot.targets(F("BuiltinOptions2")), opt2_type, fb.BuiltinOptions2,
+                                fb.BuiltinOptions2Creator)
+        opt_type, opt2_type = opt_type.tolist(), opt2_type.tolist()
+        custom_vec = ot.targets(F("CustomOptions"))
+        custom_fmt = ot.scalars(F("CustomOptionsFormat"), _I8).tolist()
+        mvi = ot.vectors(F("MutatingVariableInputs"), _U8)
+        mvi_lists = split_lists(*mvi)
+        large_off = ot.scalars(F("LargeCustomOptionsOffset"), _U64).astype(np.int64).tolist()
+        large_size = ot.scalars(F("LargeCustomOptionsSize"), _U64).astype(np.int64).tolist()
+        debug = ot.scalars(F("DebugMetadataIndex"), _I32).tolist()
+        ops = []
+        for i in range(len(ot)):
+            ins, outs = inputs[i], outputs[i]
+            custom = None
+            if custom_vec[i]:
+                custom = self.data.vector_at(int(custom_vec[i]), _U8)
+            op = Operator(
+                opcodes[codes[i]],
+                ins if ins is not None else [],
+                outs if outs is not None else [],
+                options=options[i],
+                options_type=opt_type[i],
+                custom_options=custom,
+                custom_options_format=custom_fmt[i],
+                mutating_variable_inputs=None if mvi_lists[i] is None else [bool(x) for x in mvi_lists[i]],
+                intermediates=intermediates[i],
+                options2=options2[i],
+                options2_type=opt2_type[i],
+                debug_metadata_index=debug[i],
+            )
+            if large_off[i] > 1:
+                op.large_custom_options = self.external_bytes(large_off[i], large_size[i],
+                                                              f"{where} operator {i} custom options")
+            ops.append(op)
+        return ops
+
+    def options(self, pos: np.ndarray, types: np.ndarray, union, creator) -> list:
+        """Each operator's options table: decoded in bulk where the table
+        holds scalars only (all but a few kinds), kept undecoded otherwise."""
+        out: list = [None] * len(pos)
+        present = pos > 0
+        for kind in np.unique(types[present]).tolist():
+            rows = np.flatnonzero(present & (types == kind))
+            cls = _options_class(union, kind)
+            if cls is not None and scalar_table(cls) is not None:
+                for i, obj in zip(rows.tolist(), decode_scalar_tables(self.data, pos[rows], cls)):
+                    out[i] = obj
+            else:
+                for i in rows.tolist():
+                    out[i] = LazyTable(self.buf, int(pos[i]), kind, creator)
+        return out
+
+    def tensors(self, s, buffers: list[Buffer], where: str) -> list[Tensor]:
+        F = lambda name: field(fb.Tensor, name)  # noqa: E731
+        tt = Tables.vector(self.data, self.vector_pos(s, fb.SubGraph, "Tensors"))
+        shapes = split_lists(*tt.vectors(F("Shape"), _I32))
+        signatures = split_lists(*tt.vectors(F("ShapeSignature"), _I32))
+        self.charge(sum(len(x) for x in shapes if x) + sum(len(x) for x in signatures if x), f"{where} shapes")
+        types = tt.scalars(F("Type"), _I8).tolist()
+        buf_idx = tt.scalars(F("Buffer"), _U32).astype(np.int64)
+        if len(buf_idx) and buf_idx.max() >= len(buffers):
+            i = int(np.argmax(buf_idx >= len(buffers)))
+            raise self.bad(f"{where} tensor {i} buffer index {int(buf_idx[i])} out of range "
+                           f"(0..{len(buffers) - 1})")
+        names = tt.strings(F("Name"))
+        is_var = tt.scalars(F("IsVariable"), _U8).tolist()
+        has_rank = tt.scalars(F("HasRank"), _U8).tolist()
+        ext = tt.scalars(F("ExternalBuffer"), _U64).astype(np.int64).tolist()
+        quant = tt.targets(F("Quantization"))
+        sparse = tt.targets(F("Sparsity"))
+        variants = tt.targets(F("VariantTensors"))
+        out = []
+        for i, b in enumerate(buf_idx.tolist()):
+            t = Tensor(name=_text(names[i]) or "", shape=shapes[i] if shapes[i] is not None else [],
+                       dtype=types[i], buffer=buffers[b], is_variable=bool(is_var[i]),
+                       shape_signature=signatures[i], has_rank=bool(has_rank[i]), external_buffer=ext[i])
+            if quant[i] or sparse[i] or variants[i]:  # nested tables: through the object API
+                self.nested(t, int(tt.pos[i]))
+            out.append(t)
+        return out
+
+    def nested(self, t: Tensor, pos: int) -> None:
+        """Quantization, sparsity and variant tables of a tensor, as the
+        schema's own objects (kept whole, never interpreted beyond reading)."""
+        ft = fb.Tensor()
+        ft.Init(self.buf, pos)
+        if ft.Quantization() is not None:
+            t.quantization = fb.QuantizationParametersT.InitFromObj(ft.Quantization())
+        if ft.Sparsity() is not None:
+            t.sparsity = fb.SparsityParametersT.InitFromObj(ft.Sparsity())
+        if not ft.VariantTensorsIsNone():
+            self.charge(ft.VariantTensorsLength(), "variant tensors")
+            t.variant_tensors = [fb.VariantSubTypeT.InitFromObj(ft.VariantTensors(j))
+                                 for j in range(ft.VariantTensorsLength())]
 
     def signature(self, sd, subgraphs: list[Subgraph]) -> SignatureDef:
         sg = self.pick(subgraphs, sd.SubgraphIndex(), "signature def subgraph")

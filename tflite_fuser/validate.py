@@ -9,11 +9,12 @@ on. A failure is a :class:`BadModelError` naming the first problem found.
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+import math
 
 from .errors import BadModelError
 from .graph import Model, Operator
-from .schema import NUMPY_DTYPES, TensorType, type_name
+from .schema import NUMPY_DTYPES, TensorType, fb, type_name
 
 #: Options fields that name a subgraph (WHILE, IF, CALL_ONCE, CALL, StableHLO ...).
 _SUBGRAPH_FIELDS = ("condSubgraphIndex", "bodySubgraphIndex", "thenSubgraphIndex",
@@ -33,14 +34,17 @@ def validate(model: Model, label: str = "<model>") -> None:
     for si, sg in enumerate(model.subgraphs):
         where = f"subgraph {si}"
         for t in sg.tensors:
-            if len(t.shape) > _MAX_RANK:
-                raise bad(f"{where}: tensor {t.name!r} has rank {len(t.shape)}")
-            if any(d < 0 for d in t.shape):
-                raise bad(f"{where}: tensor {t.name!r} has a negative dimension {t.shape}")
-            n = int(np.prod(t.shape, dtype=np.float64)) if t.shape else 1
+            shape = t.shape
+            if len(shape) > _MAX_RANK:
+                raise bad(f"{where}: tensor {t.name!r} has rank {len(shape)}")
+            if shape and min(shape) < 0:
+                raise bad(f"{where}: tensor {t.name!r} has a negative dimension {shape}")
+            n = math.prod(shape)  # exact: Python integers do not overflow
             if n > _MAX_ELEMENTS:
-                raise bad(f"{where}: tensor {t.name!r} has an impossible shape {t.shape}")
-            if t.is_constant and t.sparsity is None and t.dtype in NUMPY_DTYPES:
+                raise bad(f"{where}: tensor {t.name!r} has an impossible shape {shape}")
+            buf = t.buffer
+            if buf is not None and buf.data is not None and t.sparsity is None and t.dtype in NUMPY_DTYPES \
+                    and buf.data.nbytes:
                 want = n * NUMPY_DTYPES[t.dtype].itemsize
                 if t.buffer.nbytes != want:
                     raise bad(f"{where}: constant {t.name!r} ({type_name(t.dtype)}{t.shape}) "
@@ -68,10 +72,26 @@ def validate(model: Model, label: str = "<model>") -> None:
 _KNOWN_TYPES = frozenset(v for k, v in vars(TensorType).items() if not k.startswith("_") and isinstance(v, int))
 
 
+@functools.lru_cache(maxsize=None)
+def _names_subgraphs(union: str, options_type: int) -> bool:
+    """Whether options of this union type have a field that names a subgraph
+    (so that only control-flow ops' options are decoded to check them)."""
+    creator = getattr(fb, f"{union}Creator")
+    names = {v: k for k, v in vars(getattr(fb, union)).items() if isinstance(v, int) and not k.startswith("_")}
+    cls = getattr(fb, f"{names.get(options_type, '')}T", None)
+    if cls is None:
+        return creator is not None  # unknown to this schema: decode and look
+    return any(hasattr(cls(), f) for f in _SUBGRAPH_FIELDS)
+
+
 def _subgraph_refs(op: Operator, n_sg: int, bad) -> set[int]:
     """Subgraphs an operator calls (WHILE cond/body, IF branches, ...)."""
     refs: set[int] = set()
-    for opts in (op.options, op.options2):
+    for union, kind, get in (("BuiltinOptions", op.options_type, lambda: op.options),
+                             ("BuiltinOptions2", op.options2_type, lambda: op.options2)):
+        if not kind or not _names_subgraphs(union, kind):
+            continue
+        opts = get()
         if opts is None:
             continue
         for name in _SUBGRAPH_FIELDS:

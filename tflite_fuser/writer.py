@@ -27,8 +27,34 @@ import struct
 import flatbuffers
 import numpy as np
 
-from .graph import Buffer, Model, Operator, Subgraph, Tensor
+from .flatbuf import OFFSET, Layout, field, scalar_table, write_offset_vector, write_strings, write_tables, write_vectors
+from .graph import Buffer, LazyTable, Model, Operator, Subgraph, Tensor
 from .schema import FILE_IDENTIFIER, fb
+
+_F = lambda cls, name: field(cls, name)  # noqa: E731
+#: the tables written in bulk, field by field (names as the schema's, slots read off the generated code)
+BUFFER = Layout([("data", _F(fb.Buffer, "Data"), OFFSET), ("offset", _F(fb.Buffer, "Offset"), "<u8"),
+                 ("size", _F(fb.Buffer, "Size"), "<u8")])
+TENSOR = Layout([("shape", _F(fb.Tensor, "Shape"), OFFSET), ("type", _F(fb.Tensor, "Type"), "i1"),
+                 ("buffer", _F(fb.Tensor, "Buffer"), "<u4"), ("name", _F(fb.Tensor, "Name"), OFFSET),
+                 ("quantization", _F(fb.Tensor, "Quantization"), OFFSET),
+                 ("is_variable", _F(fb.Tensor, "IsVariable"), "u1"),
+                 ("sparsity", _F(fb.Tensor, "Sparsity"), OFFSET),
+                 ("shape_signature", _F(fb.Tensor, "ShapeSignature"), OFFSET),
+                 ("has_rank", _F(fb.Tensor, "HasRank"), "u1"),
+                 ("variant_tensors", _F(fb.Tensor, "VariantTensors"), OFFSET),
+                 ("external_buffer", _F(fb.Tensor, "ExternalBuffer"), "<u8")])
+OPERATOR = Layout([("opcode_index", _F(fb.Operator, "OpcodeIndex"), "<u4"),
+                   ("inputs", _F(fb.Operator, "Inputs"), OFFSET), ("outputs", _F(fb.Operator, "Outputs"), OFFSET),
+                   ("builtin_options_type", _F(fb.Operator, "BuiltinOptionsType"), "u1"),
+                   ("builtin_options", _F(fb.Operator, "BuiltinOptions"), OFFSET),
+                   ("custom_options", _F(fb.Operator, "CustomOptions"), OFFSET),
+                   ("custom_options_format", _F(fb.Operator, "CustomOptionsFormat"), "i1"),
+                   ("mutating_variable_inputs", _F(fb.Operator, "MutatingVariableInputs"), OFFSET),
+                   ("intermediates", _F(fb.Operator, "Intermediates"), OFFSET),
+                   ("builtin_options_2_type", _F(fb.Operator, "BuiltinOptions2Type"), "u1"),
+                   ("builtin_options_2", _F(fb.Operator, "BuiltinOptions2"), OFFSET),
+                   ("debug_metadata_index", _F(fb.Operator, "DebugMetadataIndex"), "<i4")])
 
 ALIGN = 16
 #: Above this many bytes of constants, use the external-buffer form.
@@ -131,6 +157,10 @@ class _Writer:
         self.external = external
         self.buffer_index = {buf: i for i, buf in enumerate(model.buffers)}
         self.opcode_index = {oc: i for i, oc in enumerate(model.opcodes)}
+        #: options tables and int vectors already written, by content
+        self.shared: dict = {}
+        self.int_vectors: dict = {}
+        self.vtables: dict[bytes, int] = {}
 
     # --------------------------------------------------------------- helpers
 
@@ -150,7 +180,7 @@ class _Writer:
 
     def model(self) -> int:
         m, b = self.m, self.b
-        buffers = [self.buffer(buf) for buf in m.buffers]
+        v_buf = self.buffers(m.buffers)
         opcodes = [self.opcode(oc) for oc in m.opcodes]
         subgraphs = [self.subgraph(sg) for sg in m.subgraphs]
         desc = self.string(m.description)
@@ -162,7 +192,6 @@ class _Writer:
 
         v_op = self.offsets(opcodes)
         v_sg = self.offsets(subgraphs)
-        v_buf = self.offsets(buffers)
         v_mdb = self.ints([self.buffer_index[x] for x in m.metadata_buffer]) if m.metadata_buffer is not None else None
         v_md = self.offsets(metadata)
         v_sig = self.offsets(sigs)
@@ -186,19 +215,21 @@ class _Writer:
             fb.ModelAddExternalBuffers(b, v_ext)
         return fb.ModelEnd(b)
 
-    def buffer(self, buf: Buffer) -> int:
-        b = self.b
-        fb.BufferStart(b)
-        if self.external is not None and buf.nbytes:
-            offset, size = self.external[buf]
-            fb.BufferAddOffset(b, offset)
-            fb.BufferAddSize(b, size)
-        elif buf.nbytes:
-            # A negative builder offset points past the end of the tables,
-            # into the weight tail (never 0: the first vector is preceded by
-            # padding to 16).
-            fb.BufferAddData(b, self.inline[buf])
-        return fb.BufferEnd(b)
+    def buffers(self, buffers: list[Buffer]) -> int:
+        """The buffer tables, all at once, and the vector of them."""
+        n = len(buffers)
+        sizes = np.array([buf.nbytes for buf in buffers], np.int64)
+        if self.external is not None:
+            where = [self.external.get(buf, (0, 0)) for buf in buffers]
+            offsets = np.array([w[0] for w in where], np.int64)
+            values = {"offset": offsets, "size": np.array([w[1] for w in where], np.int64)}
+            present = {"offset": sizes > 0, "size": sizes > 0}
+        else:
+            # A negative builder offset points past the end of the tables, into
+            # the weight tail (never 0: the first vector is preceded by padding).
+            values = {"data": np.array([self.inline.get(buf, 0) for buf in buffers], np.int64)}
+            present = {"data": sizes > 0}
+        return write_offset_vector(self.b, write_tables(self.b, BUFFER, values, present, self.vtables) if n else [])
 
     def opcode(self, oc) -> int:
         b = self.b
@@ -224,17 +255,13 @@ class _Writer:
     def subgraph(self, sg: Subgraph) -> int:
         b = self.b
         t_index = {t: i for i, t in enumerate(sg.tensors)}
+        t_index[None] = -1
 
-        def idx(ts) -> list[int]:
-            return [-1 if t is None else t_index[t] for t in ts]
-
-        tensors = [self.tensor(t) for t in sg.tensors]
-        ops = [self.operator(op, idx) for op in sg.operators]
+        v_t = write_offset_vector(b, self.tensors(sg.tensors))
+        v_ops = write_offset_vector(b, self.operators(sg.operators, t_index))
         name = self.string(sg.name)
-        v_t = self.offsets(tensors)
-        v_in = self.ints(idx(sg.inputs))
-        v_out = self.ints(idx(sg.outputs))
-        v_ops = self.offsets(ops)
+        v_in = self.ints([t_index[t] for t in sg.inputs])
+        v_out = self.ints([t_index[t] for t in sg.outputs])
         fb.SubGraphStart(b)
         fb.SubGraphAddTensors(b, v_t)
         fb.SubGraphAddInputs(b, v_in)
@@ -245,67 +272,102 @@ class _Writer:
         fb.SubGraphAddDebugMetadataIndex(b, sg.debug_metadata_index)
         return fb.SubGraphEnd(b)
 
-    def tensor(self, t: Tensor) -> int:
+    def tensors(self, tensors: list[Tensor]) -> np.ndarray:
+        """Every tensor table of a subgraph in one block (children first)."""
         b = self.b
-        shape = self.ints(t.shape)
-        name = self.string(t.name)
-        quant = t.quantization.Pack(b) if t.quantization is not None else None
-        sparsity = t.sparsity.Pack(b) if t.sparsity is not None else None
-        sig = self.ints(t.shape_signature) if t.shape_signature is not None else None
-        variants = None
-        if t.variant_tensors is not None:
-            variants = self.offsets([v.Pack(b) for v in t.variant_tensors])
-        fb.TensorStart(b)
-        fb.TensorAddShape(b, shape)
-        fb.TensorAddType(b, t.dtype)
-        fb.TensorAddBuffer(b, self.buffer_index[t.buffer] if t.buffer is not None else 0)
-        fb.TensorAddName(b, name)
-        if quant is not None:
-            fb.TensorAddQuantization(b, quant)
-        fb.TensorAddIsVariable(b, t.is_variable)
-        if sparsity is not None:
-            fb.TensorAddSparsity(b, sparsity)
-        if sig is not None:
-            fb.TensorAddShapeSignature(b, sig)
-        fb.TensorAddHasRank(b, t.has_rank)
-        if variants is not None:
-            fb.TensorAddVariantTensors(b, variants)
-        fb.TensorAddExternalBuffer(b, t.external_buffer)
-        return fb.TensorEnd(b)
+        if not tensors:
+            return np.zeros(0, np.int64)
+        names = write_strings(b, [_enc(t.name) for t in tensors])
+        shapes = self.shared_int_vectors([t.shape for t in tensors])
+        sigs = self.shared_int_vectors([t.shape_signature for t in tensors])
+        # Nested tables we never interpret: packed by the schema's object API.
+        quant = np.array([t.quantization.Pack(b) if t.quantization is not None else 0 for t in tensors], np.int64)
+        sparsity = np.array([t.sparsity.Pack(b) if t.sparsity is not None else 0 for t in tensors], np.int64)
+        variants = np.array([self.offsets([v.Pack(b) for v in t.variant_tensors])
+                             if t.variant_tensors is not None else 0 for t in tensors], np.int64)
+        values = {
+            "shape": shapes, "name": names, "quantization": quant, "sparsity": sparsity,
+            "shape_signature": sigs, "variant_tensors": variants,
+            "type": np.array([t.dtype for t in tensors], np.int64),
+            "buffer": np.array([self.buffer_index[t.buffer] if t.buffer is not None else 0 for t in tensors],
+                               np.int64),
+            "is_variable": np.array([t.is_variable for t in tensors], np.int64),
+            "has_rank": np.array([t.has_rank for t in tensors], np.int64),
+            "external_buffer": np.array([t.external_buffer for t in tensors], np.int64),
+        }
+        present = {k: values[k] != 0 for k in ("quantization", "sparsity", "shape_signature", "variant_tensors",
+                                                "type", "buffer", "is_variable", "has_rank", "external_buffer")}
+        return write_tables(b, TENSOR, values, present, self.vtables)
 
-    def operator(self, op: Operator, idx) -> int:
+    def operators(self, ops: list[Operator], t_index: dict) -> np.ndarray:
+        """Every operator table of a subgraph in one block (children first)."""
         b = self.b
-        v_in = self.ints(idx(op.inputs))
-        v_out = self.ints(idx(op.outputs))
-        opts = op.options.Pack(b) if op.options is not None else None
-        opts2 = op.options2.Pack(b) if op.options2 is not None else None
+        if not ops:
+            return np.zeros(0, np.int64)
+        ins = write_vectors(b, [[t_index[t] for t in op.inputs] for op in ops], np.int32)
+        outs = write_vectors(b, [[t_index[t] for t in op.outputs] for op in ops], np.int32)
+        inter = self.optional_vectors([None if op.intermediates is None else [t_index[t] for t in op.intermediates]
+                                       for op in ops], np.int32)
         # Custom options the source kept after the flatbuffer (>2 GB models)
         # go back inline: the runtime reads either form, and the tables of an
         # external-buffer model stay far below the 2 GB limit.
-        raw = op.custom_options if op.custom_options is not None else op.large_custom_options
-        custom = self.b.CreateNumpyVector(np.asarray(raw, np.uint8)) if raw is not None else None
-        mut = self.b.CreateNumpyVector(np.asarray(op.mutating_variable_inputs, np.bool_)) \
-            if op.mutating_variable_inputs is not None else None
-        inter = self.ints(idx(op.intermediates)) if op.intermediates is not None else None
-        fb.OperatorStart(b)
-        fb.OperatorAddOpcodeIndex(b, self.opcode_index[op.opcode])
-        fb.OperatorAddInputs(b, v_in)
-        fb.OperatorAddOutputs(b, v_out)
-        if opts is not None:
-            fb.OperatorAddBuiltinOptionsType(b, op.options_type)
-            fb.OperatorAddBuiltinOptions(b, opts)
-        if custom is not None:
-            fb.OperatorAddCustomOptions(b, custom)
-        fb.OperatorAddCustomOptionsFormat(b, op.custom_options_format)
-        if mut is not None:
-            fb.OperatorAddMutatingVariableInputs(b, mut)
-        if inter is not None:
-            fb.OperatorAddIntermediates(b, inter)
-        if opts2 is not None:
-            fb.OperatorAddBuiltinOptions2Type(b, op.options2_type)
-            fb.OperatorAddBuiltinOptions2(b, opts2)
-        fb.OperatorAddDebugMetadataIndex(b, op.debug_metadata_index)
-        return fb.OperatorEnd(b)
+        custom = self.optional_vectors([op.custom_options if op.custom_options is not None
+                                        else op.large_custom_options for op in ops], np.uint8)
+        mvi = self.optional_vectors([op.mutating_variable_inputs for op in ops], np.bool_)
+        opts = np.array([self.options_table(op._options) for op in ops], np.int64)
+        opts2 = np.array([self.options_table(op._options2) for op in ops], np.int64)
+        values = {
+            "opcode_index": np.array([self.opcode_index[op.opcode] for op in ops], np.int64),
+            "inputs": ins, "outputs": outs, "intermediates": inter, "custom_options": custom,
+            "mutating_variable_inputs": mvi, "builtin_options": opts, "builtin_options_2": opts2,
+            "builtin_options_type": np.array([op.options_type for op in ops], np.int64) * (opts != 0),
+            "builtin_options_2_type": np.array([op.options2_type for op in ops], np.int64) * (opts2 != 0),
+            "custom_options_format": np.array([op.custom_options_format for op in ops], np.int64),
+            "debug_metadata_index": np.array([op.debug_metadata_index for op in ops], np.int64),
+        }
+        present = {k: values[k] != 0 for k in ("opcode_index", "intermediates", "custom_options",
+                                                "mutating_variable_inputs", "builtin_options", "builtin_options_2",
+                                                "builtin_options_type", "builtin_options_2_type",
+                                                "custom_options_format")}
+        present["debug_metadata_index"] = values["debug_metadata_index"] != -1
+        return write_tables(b, OPERATOR, values, present, self.vtables)
+
+    def options_table(self, opts) -> int:
+        """The builder offset of an options table (0: none). Tables of
+        scalars are written once per distinct content and shared by every op
+        that has it (a network's convs mostly share a handful); others are
+        packed per op by the object API."""
+        if opts is None:
+            return 0
+        if isinstance(opts, LazyTable):
+            opts = opts.decode()
+            if opts is None:
+                return 0
+        if scalar_table(type(opts)) is None:
+            return opts.Pack(self.b)
+        key = (type(opts), tuple(opts.__dict__.values()))
+        off = self.shared.get(key)
+        if off is None:
+            off = self.shared[key] = opts.Pack(self.b)
+        return off
+
+    def shared_int_vectors(self, lists: list) -> np.ndarray:
+        """int32 vectors (None: absent -> 0), each distinct one written once."""
+        keys = [None if v is None else tuple(v) for v in lists]
+        distinct = [k for k in dict.fromkeys(keys) if k is not None and k not in self.int_vectors]
+        if distinct:
+            for k, off in zip(distinct, write_vectors(self.b, [np.asarray(k, np.int32) for k in distinct],
+                                                      np.int32).tolist()):
+                self.int_vectors[k] = off
+        return np.array([0 if k is None else self.int_vectors[k] for k in keys], np.int64)
+
+    def optional_vectors(self, lists: list, dtype) -> np.ndarray:
+        """A vector per entry that is not None, written in one block; 0 for None."""
+        out = np.zeros(len(lists), np.int64)
+        rows = [i for i, v in enumerate(lists) if v is not None]
+        if rows:
+            out[rows] = write_vectors(self.b, [np.asarray(lists[i], dtype) for i in rows], dtype)
+        return out
 
     def signature(self, sd, sg_index) -> int:
         b = self.b

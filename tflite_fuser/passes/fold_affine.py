@@ -50,12 +50,11 @@ import numpy as np
 from .. import folding
 from ..folding import FoldError
 from ..graph import Operator, Subgraph, Tensor
-from ..ops import ACTIVATION_RANGE, codes, fused_activation, slot, traits
-from ..ops import WEIGHTED
+from ..ops import ACTIVATION_RANGE, WEIGHTED, codes, fused_activation, traits
 from ..schema import ActivationFunctionType as Act
 from ..schema import TensorType, op_name
 from .base import FusionPass, Match, PassContext, Skip
-from .predicates import why_no_output_affine, why_not_removable
+from .predicates import output_affine_weights, why_not_removable
 from .rebuild import clone_op, drop_dead_dequantize, opcode_for, with_inputs
 from .weights import Weight, WeightStore, float_weight_of, is_constant_operand
 
@@ -96,27 +95,22 @@ class FoldAffine(FusionPass):
     def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> AffineChain | Skip | None:
         if not op.outputs or op.outputs[0] is None:
             return None
-        first = constant_readers(sg, op.outputs[0])
-        if not first:
+        candidates = constant_readers(sg, op.outputs[0])
+        if not candidates:
             return None  # nothing with a constant to fold: no candidate
-        reason = why_no_output_affine(sg, op)
-        if reason:
-            return Skip(reason, *first)
+        weights = output_affine_weights(sg, op)
+        if isinstance(weights, str):
+            return Skip(weights, *candidates)
 
         kind = traits(op.code).kind
-        w = float_weight_of(sg, slot(op, "filter"))
-        b_t = slot(op, "bias")
-        b = float_weight_of(sg, b_t) if b_t is not None else None
+        w, b = weights
         channels = folding.out_channels(kind, w.stored.shape)
         scale, shift = np.ones(channels), np.zeros(channels)
         chain: list[Operator] = []
         skips: list[Skip] = []
         act = Act.NONE
         cur = op.outputs[0]
-        while True:
-            candidates = constant_readers(sg, cur)
-            if not candidates:
-                break
+        while candidates:
             nxt = candidates[0]
             try:
                 step, step_act = self._step(ctx, sg, cur, nxt, channels)
@@ -129,6 +123,7 @@ class FoldAffine(FusionPass):
             if step_act != Act.NONE:
                 act = step_act
                 break
+            candidates = constant_readers(sg, cur)
         if not chain:
             return skips[0] if skips else None
 

@@ -55,7 +55,7 @@ from ..schema import ActivationFunctionType as Act
 from ..schema import BuiltinOperator as Op
 from ..schema import Padding, TensorType, op_name
 from .base import FusionPass, Match, PassContext, Skip
-from .predicates import constant_operand, why_no_input_affine, why_no_output_affine, why_not_removable
+from .predicates import constant_operand, input_affine_weights, why_no_output_affine, why_not_removable
 from .rebuild import clone_op, drop_dead_dequantize, opcode_for, with_inputs
 from .weights import Weight, WeightStore, float_weight_of
 
@@ -95,9 +95,9 @@ class FoldInputAffine(FusionPass):
         head = _affine_producer(sg, x)
         if head is None:
             return None
-        reason = why_no_input_affine(sg, op)
-        if reason:
-            return Skip(reason, head[0])
+        weights = input_affine_weights(sg, op)
+        if isinstance(weights, str):
+            return Skip(weights, head[0])
 
         cin = int(x.shape[-1])
         shift_ok, shift_why = _shift_allowed(op, x)
@@ -115,7 +115,7 @@ class FoldInputAffine(FusionPass):
             try:
                 data, step = self._step(ctx, sg, cur, reader, p, c_idx, cin)
                 new = folding.compose_before(comp, step)
-                if not shift_ok and np.any(new[1] != 0):
+                if not shift_ok and (new[1] != 0).any():
                     raise FoldError(shift_why)
             except FoldError as e:
                 skips.append(Skip(str(e), p))
@@ -127,9 +127,7 @@ class FoldInputAffine(FusionPass):
             return skips[0] if skips else None
 
         kind = traits(op.code).kind
-        w = float_weight_of(sg, slot(op, "filter"))
-        b_t = slot(op, "bias")
-        b = float_weight_of(sg, b_t) if b_t is not None else None
+        w, b = weights
         scale, shift = comp
         keep_filter, zero_shift = folding.is_identity(scale, shift)
         store = WeightStore(ctx.model, sg, ctx, chain + [op])

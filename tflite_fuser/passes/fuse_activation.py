@@ -86,7 +86,7 @@ def clamp_of(sg: Subgraph, op: Operator) -> tuple[Tensor, tuple[float, float]] |
     if isinstance(c, str):
         return f"{name} constant {c}"
     v = c.float64()
-    if v.size == 0 or not np.all(v == v.reshape(-1)[0]):
+    if v.size == 0 or not (v == v.reshape(-1)[0]).all():
         return f"{name} constant is not uniform"
     if list(op.outputs[0].shape) != list(x.shape):
         return f"{name} broadcasts its input"

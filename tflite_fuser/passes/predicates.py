@@ -19,7 +19,7 @@ from ..ops import WEIGHTED, fused_activation, slot, traits
 from ..schema import ActivationFunctionType as Act
 from ..schema import BuiltinOperator as Op
 from ..schema import TensorType
-from .weights import float_weight_of, is_constant_operand
+from .weights import Weight, float_weight_of, is_constant_operand
 
 
 def why_not_removable(model: Model, sg: Subgraph, t: Tensor, reader: Operator) -> str | None:
@@ -86,25 +86,26 @@ def constant_operand(sg: Subgraph, op: Operator) -> int | None:
     return const[0] if len(const) == 1 else None
 
 
-def _weights_reason(sg: Subgraph, op: Operator, what: str) -> str | None:
-    """Why ``op``'s filter or bias is not a float constant we can fold into."""
-    name = op.type_name
+def float_weights(sg: Subgraph, op: Operator, what: str = "") -> tuple[Weight, Weight | None] | str:
+    """``op``'s filter and bias as float weights (the bias may be absent), or
+    why they are not float constants we can fold into."""
     if op.code == Op.FULLY_CONNECTED and getattr(op.options, "weightsFormat", 0) != 0:
         return "FULLY_CONNECTED weights are in a shuffled format"
     w = float_weight_of(sg, slot(op, "filter"))
     if isinstance(w, str):
         return f"{what}filter {w}" + (" (hybrid/int8 weights are not folded)" if "quantized" in w else "")
-    b = slot(op, "bias")
-    if b is not None:
-        bw = float_weight_of(sg, b)
-        if isinstance(bw, str):
-            return f"{what}bias {bw}"
-    return None
+    b_t = slot(op, "bias")
+    b = None
+    if b_t is not None:
+        b = float_weight_of(sg, b_t)
+        if isinstance(b, str):
+            return f"{what}bias {b}"
+    return w, b
 
 
-def why_no_output_affine(sg: Subgraph, op: Operator) -> str | None:
-    """Why nothing after the weighted op ``op`` can fold into its weights
-    (None: a per-channel MUL/ADD after it can), as ``CanFuseConvOrDepthwiseConv``.
+def output_affine_weights(sg: Subgraph, op: Operator) -> tuple[Weight, Weight | None] | str:
+    """The weights a per-channel MUL/ADD after the weighted op ``op`` folds
+    into, or why nothing can fold into it (``CanFuseConvOrDepthwiseConv``).
 
     A fused activation stops it (``relu(y) * c`` is not ``relu(y * c)``); so do
     a quantized output (in int8 each op of the chain requantizes to its own
@@ -126,12 +127,20 @@ def why_no_output_affine(sg: Subgraph, op: Operator) -> str | None:
                 "is not implemented")
     if y.dtype != TensorType.FLOAT32:
         return f"{name} output is not float32"
-    return _weights_reason(sg, op, "")
+    return float_weights(sg, op)
 
 
-def why_no_input_affine(sg: Subgraph, op: Operator) -> str | None:
-    """Why a per-channel MUL/ADD feeding the weighted op ``op`` cannot fold
-    into its filter and bias (None: it can, padding permitting)."""
+def why_no_output_affine(sg: Subgraph, op: Operator) -> str | None:
+    """Why nothing after the weighted op ``op`` can fold into its weights (None: it can)."""
+    found = output_affine_weights(sg, op)
+    return found if isinstance(found, str) else None
+
+
+def input_affine_weights(sg: Subgraph, op: Operator) -> tuple[Weight, Weight | None] | str:
+    """The weights a per-channel MUL/ADD feeding the weighted op ``op``
+    folds into (padding permitting), or why it cannot: the input must be
+    float32 (in int8 the MUL requantizes its result, which cannot move into
+    the weights exactly) and the filter's input channels must fit it."""
     name = op.type_name
     if op.options is None:
         return f"{name} has no options table"
@@ -141,11 +150,11 @@ def why_no_input_affine(sg: Subgraph, op: Operator) -> str | None:
                 "the weights exactly")
     if x.dtype != TensorType.FLOAT32:
         return f"{name} input is not float32"
-    why = _weights_reason(sg, op, f"{name} ")
-    if why:
-        return why
+    found = float_weights(sg, op, f"{name} ")
+    if isinstance(found, str):
+        return found
     try:
         folding.input_channel_map(traits(op.code).kind, slot(op, "filter").shape, int(x.shape[-1]))
     except FoldError as e:
         return str(e)
-    return None
+    return found

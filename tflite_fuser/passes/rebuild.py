@@ -3,8 +3,6 @@ extended, opcodes at the version a feature needs, dead DEQUANTIZEs removed."""
 
 from __future__ import annotations
 
-import copy
-
 from ..graph import Model, Operator, Subgraph, Tensor
 from ..ops import version_for
 from ..schema import BuiltinOperator as Op
@@ -13,7 +11,7 @@ from ..schema import BuiltinOperator as Op
 def clone_op(op: Operator, *, inputs=None, outputs=None, opcode=None, **option_changes) -> Operator:
     """A new operator like ``op`` (same options, copied so ``op`` is untouched)
     with the given inputs/outputs/opcode and option fields changed."""
-    opts = copy.copy(op.options)
+    opts = copy_options(op.options)
     for k, v in option_changes.items():
         setattr(opts, k, v)
     ins = list(op.inputs if inputs is None else inputs)
@@ -24,6 +22,16 @@ def clone_op(op: Operator, *, inputs=None, outputs=None, opcode=None, **option_c
                    outputs=list(op.outputs if outputs is None else outputs),
                    options=opts, mutating_variable_inputs=mvi,
                    intermediates=list(op.intermediates) if op.intermediates else op.intermediates)
+
+
+def copy_options(opts):
+    """A shallow copy of an object-API options table (nested lists and
+    tables stay shared: passes only ever set scalar fields)."""
+    if opts is None:
+        return None
+    new = opts.__class__.__new__(opts.__class__)
+    new.__dict__.update(opts.__dict__)
+    return new
 
 
 def opcode_for(model: Model, op: Operator, **features: bool):

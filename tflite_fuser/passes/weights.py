@@ -141,7 +141,7 @@ class WeightStore:
         re-rounding allowed) not exactly representable."""
         dt = self.storage_dtype(like)
         out = round_once(values, dt, what, exact=dt == np.float16 and not self.fp16_reround)
-        if dt == np.float16 and np.any(out.astype(np.float64) != values):
+        if dt == np.float16 and (out.astype(np.float64) != values).any():
             self.ctx.fp16_rerounded += 1
         return out
 

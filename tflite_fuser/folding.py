@@ -99,8 +99,10 @@ def compose_before(outer: tuple[np.ndarray, np.ndarray],
 def is_identity(scale: np.ndarray | None, shift: np.ndarray | None) -> tuple[bool, bool]:
     """(scale is all ones, shift is all zeros): lets a pass keep a tensor it
     does not need to rewrite (an ADD-only chain leaves the filter alone)."""
-    return (scale is None or bool((scale == 1.0).all()),
-            shift is None or bool((shift == 0.0).all()))
+    # The first element settles it almost always (a batch norm scales by 1
+    # nowhere): look at it before scanning the whole vector.
+    return (scale is None or (scale[0] == 1.0 and bool((scale == 1.0).all())),
+            shift is None or (shift[0] == 0.0 and bool((shift == 0.0).all())))
 
 
 # ------------------------------------------------------------ output-side folding

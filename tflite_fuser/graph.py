@@ -351,14 +351,14 @@ class Subgraph:
         and every value it writes was written by the replaced set and read only
         after it: the operator list stays topologically sorted.
         """
-        old = list(dict.fromkeys(old_ops))
+        old = set(old_ops)
         news = [new_ops] if isinstance(new_ops, Operator) else list(new_ops)
         idx = self.uses
-        positions = sorted(idx.position[op] for op in old)
+        position = idx.position
+        last = max(position[op] for op in old)
         for op in old:
-            self._ops[idx.position[op]] = None
+            self._ops[position[op]] = None
             idx.remove(op)
-        last = positions[-1]
         self._holes += len(old) - 1
         if len(news) == 1:
             self._ops[last] = news[0]
@@ -419,21 +419,27 @@ class _UseIndex:
 
     def add(self, op: Operator, position: int) -> None:
         self.position[op] = position
+        producer, consumers = self.producer, self.consumers
         for t in op.outputs:
             if t is not None:
-                self.producer[t] = op
-        for t in dict.fromkeys(op.inputs):
+                producer[t] = op
+        for t in op.inputs:  # an op reading a tensor twice is one consumer: a dict key
             if t is not None:
-                self.consumers.setdefault(t, {})[op] = None
+                users = consumers.get(t)
+                if users is None:
+                    consumers[t] = {op: None}
+                else:
+                    users[op] = None
 
     def remove(self, op: Operator) -> None:
         del self.position[op]
+        producer, consumers = self.producer, self.consumers
         for t in op.outputs:
-            if t is not None and self.producer.get(t) is op:
-                del self.producer[t]
-        for t in dict.fromkeys(op.inputs):
+            if t is not None and producer.get(t) is op:
+                del producer[t]
+        for t in op.inputs:
             if t is not None:
-                users = self.consumers.get(t)
+                users = consumers.get(t)
                 if users is not None:
                     users.pop(op, None)
 

@@ -103,6 +103,7 @@ class WeightPages:
         mapping = model.source_mapping
         self.spill = mapping is not None and len(mapping) >= SPILL_MODEL_BYTES
         self.new_bytes = 0
+        self.spilled: list[Buffer] = []
 
     @classmethod
     def install(cls, model: Model) -> "WeightPages":
@@ -115,6 +116,7 @@ class WeightPages:
         if self.spill and raw.nbytes >= SPILL_BYTES:
             data, backing = spill(raw)
             buf = Buffer(data, backing=backing)
+            self.spilled.append(buf)
         else:
             buf = Buffer(raw)
         self.new_bytes += buf.nbytes
@@ -129,6 +131,5 @@ class WeightPages:
         mapping = self.model.source_mapping
         if mapping is not None:
             release_all(mapping)
-        for b in self.model.buffers:
-            if b.backing is not None and b.backing.mapping is not mapping:
-                b.release()
+        for b in self.spilled:
+            b.release()

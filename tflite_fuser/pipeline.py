@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 import time
 from dataclasses import dataclass, field
@@ -66,11 +68,29 @@ class FuseResult:
         return self._chunks.tobytes()
 
 
+@contextlib.contextmanager
+def building_a_model():
+    """Pause Python's cyclic garbage collector while a model's objects are
+    made and rewritten. A model is a large graph of objects with no cycles
+    (hundreds of thousands for a big network), and the collector would walk
+    all of them again every few thousand allocations for nothing: reading a
+    100,000-op model took twice as long with it on. The caller's setting is
+    restored on the way out."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load(source: Source) -> Model:
     """Read and structurally validate a model (path or bytes)."""
-    buf, label = load_bytes(source)
-    model = parse(buf, label)
-    validate(model, label)
+    with building_a_model():
+        buf, label = load_bytes(source)
+        model = parse(buf, label)
+        validate(model, label)
     return model
 
 
@@ -132,13 +152,17 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *, options: FuseOpti
     is_path = not isinstance(src, (bytes, bytearray, memoryview))
     dst_path = check_destination(src if is_path else None, dst, opts.in_place) if dst is not None else None
 
+    with building_a_model():
+        return _fuse(src, dst_path, is_path, opts, log, say, progress, t0)
+
+
+def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t0: float) -> FuseResult:
     say("reading")
     buf, label = load_bytes(src)
     model = parse(buf, label)
     validate(model, label)
     before = model_stats(model, len(buf), label if is_path else None)
     t_read = time.perf_counter()
-
     counts, ctx = run_passes(model, opts.passes, opts.disable, opts.pass_options, log, progress)
     t_passes = time.perf_counter()
     check = opts.verify

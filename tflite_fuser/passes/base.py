@@ -86,6 +86,15 @@ class PassContext:
     fp16_rerounded: int = 0
     #: every rewrite made, in order (``-v`` and the report list them)
     rewrites: list[Rewrite] = field(default_factory=list)
+    #: facts about constants worth computing once per run, keyed by what they
+    #: are about (constants never change: a rewrite makes new ones)
+    memo: dict = field(default_factory=dict)
+
+    def remember(self, key, compute: Callable[[], object]):
+        """``compute()``, once per ``key`` for the whole run."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     def skip(self, op: Operator | str, reason: str) -> None:
         """Record that a candidate at ``op`` was left alone, and why."""
@@ -150,7 +159,7 @@ class FusionPass:
         list; operators an earlier rewrite consumed are passed over. One walk
         per pass run: the pipeline's fixed-point loop does the rest."""
         rewrites = 0
-        anchors = self.anchors
+        anchors = frozenset(self.anchors)
         for op in list(sg.operators):
             if op.code not in anchors or not sg.contains(op):
                 continue

@@ -147,21 +147,20 @@ class FoldAffine(FusionPass):
         why = why_not_removable(ctx.model, sg, cur, nxt)
         if why:
             raise FoldError(why)
-        name = op_name(nxt.code)
         out = nxt.outputs[0]
-        if out is None or out.is_quantized or out.dtype != TensorType.FLOAT32:
-            raise FoldError(f"{name} output is not float32")
+        if out is None or out.dtype != TensorType.FLOAT32 or out.is_quantized:
+            raise FoldError(f"{op_name(nxt.code)} output is not float32")
         if nxt.options is None:
-            raise FoldError(f"{name} has no options table")
+            raise FoldError(f"{op_name(nxt.code)} has no options table")
         a = fused_activation(nxt)
         a = Act.NONE if a is None else a
         if a not in ACTIVATION_RANGE:
-            raise FoldError(f"{name} carries an activation the conv cannot take over")
+            raise FoldError(f"{op_name(nxt.code)} carries an activation the conv cannot take over")
         other = nxt.inputs[1] if nxt.inputs[0] is cur else nxt.inputs[0]
         const = float_weight_of(sg, other)
         if isinstance(const, str):
-            raise FoldError(f"the constant operand of {name}: {const}")
-        if list(out.shape) != list(cur.shape):
+            raise FoldError(f"the constant operand of {op_name(nxt.code)}: {const}")
+        if out.shape != cur.shape:
             raise FoldError(f"the constant broadcasts {list(cur.shape)} to {list(out.shape)}")
         vec = folding.channel_vector(const.float64(), channels, len(cur.shape))
         return (traits(nxt.code).affine, vec, nxt.inputs[0] is not cur), a

@@ -76,10 +76,9 @@ class NarrowBlockDiagonalConv(FusionPass):
         if isinstance(w, str):
             return None
         zero = _zero_points(w.stored, cout)
+        groups = ctx.remember(("block-diagonal groups", w.stored), lambda: _groups(w.raw, zero))
         if isinstance(zero, str):
-            groups = block_diagonal_groups(block_nonzero(w.raw, 0))
             return Skip(zero, op) if groups > 1 else None
-        groups = block_diagonal_groups(block_nonzero(w.raw, zero))
         if groups == 1:
             return None
 
@@ -116,6 +115,15 @@ class NarrowBlockDiagonalConv(FusionPass):
                                   geometry=geometry, activation=geometry.activation, like=op))
         what = "DEPTHWISE_CONV_2D" if depthwise else f"grouped CONV_2D ({groups} groups)"
         return f"narrowed block-diagonal CONV_2D -> {out.name!r} to {what}"
+
+
+def _groups(w: np.ndarray, zero) -> int:
+    """The filter's block-diagonal group count (1: dense). A filter without a
+    single zero (most real ones) is dense: one pass over it says so."""
+    z = 0 if isinstance(zero, str) else zero
+    if np.ndim(z) == 0 and (w != z).all():
+        return 1
+    return block_diagonal_groups(block_nonzero(w, z))
 
 
 def _types_ok(x: Tensor, w: Tensor, op: Operator) -> str | None:

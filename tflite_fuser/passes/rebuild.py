@@ -4,7 +4,7 @@ extended, opcodes at the version a feature needs, dead DEQUANTIZEs removed."""
 from __future__ import annotations
 
 from ..graph import Model, Operator, Subgraph, Tensor
-from ..ops import version_for
+from ..ops import traits, version_for
 from ..schema import BuiltinOperator as Op
 
 
@@ -38,7 +38,7 @@ def opcode_for(model: Model, op: Operator, **features: bool):
     """``op``'s opcode entry, or one of the version its new ``features`` need
     (``ops.TRAITS``: a TRANSPOSE_CONV that gains a bias or an activation needs
     a newer kernel); custom ops keep theirs."""
-    if op.opcode.custom_code is not None:
+    if op.opcode.custom_code is not None or not traits(op.code).versions:
         return op.opcode
     version = version_for(op.code, op.opcode.version, **features)
     return op.opcode if version == op.opcode.version else model.opcode(op.code, version)

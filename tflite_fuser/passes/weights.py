@@ -23,6 +23,8 @@ from ..folding import round_once
 from ..graph import Model, Operator, Subgraph, Tensor
 from ..schema import BuiltinOperator as Op
 from ..schema import TensorType
+
+_F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
 from .rebuild import clone_op
 
 
@@ -129,19 +131,22 @@ class WeightStore:
         self._drop: list[Operator] = []
 
     def storage_dtype(self, like: Weight | None) -> np.dtype:
-        if like is not None and like.behind_dequantize and not self.fp16_as_float32:
-            return np.dtype(np.float16)
-        if like is not None and like.dequantize is None and like.stored.dtype == TensorType.FLOAT16:
-            return np.dtype(np.float16)  # a float16-activation model: float16 constants, read directly
-        return np.dtype(np.float32)
+        if like is not None:
+            if like.dequantize is not None:
+                return _F32 if self.fp16_as_float32 else _F16
+            if like.stored.dtype == TensorType.FLOAT16:
+                return _F16  # a float16-activation model: float16 constants, read directly
+        return _F32
 
     def round(self, values: np.ndarray, like: Weight | None, what: str) -> np.ndarray:
         """Folded ``values`` (float64) rounded once for storage where ``like``
         was stored; FoldError when not finite, too large, or (float16 without
         re-rounding allowed) not exactly representable."""
         dt = self.storage_dtype(like)
-        out = round_once(values, dt, what, exact=dt == np.float16 and not self.fp16_reround)
-        if dt == np.float16 and (out.astype(np.float64) != values).any():
+        if dt is _F32:
+            return round_once(values, dt, what)
+        out = round_once(values, dt, what, exact=not self.fp16_reround)
+        if (out.astype(np.float64) != values).any():
             self.ctx.fp16_rerounded += 1
         return out
 
@@ -150,10 +155,14 @@ class WeightStore:
         """A tensor the new op reads for ``values`` (already in the storage
         dtype), stored like ``like`` (one weight, or the weights a merge
         gathers). ``dtype`` names the tensor type when ``like`` is None."""
+        sg, model = self.sg, self.model
+        if isinstance(like, Weight) and like.dequantize is None:  # the common case: a constant like the old one
+            dt = like.stored.dtype if dtype is None else dtype
+            return model.new_constant(sg, name, np.asarray(values, np.float32) if dt == TensorType.FLOAT32
+                                      else np.asarray(values), dt, quantization)
         likes = like if isinstance(like, list) else [like] if like is not None else []
         behind = [w for w in likes if w.behind_dequantize]
         private = self._private(behind)
-        sg, model = self.sg, self.model
         if behind and not self.fp16_as_float32:
             src = model.new_constant(sg, f"{name}_fp16", np.asarray(values, np.float16), TensorType.FLOAT16)
             first = behind[0]

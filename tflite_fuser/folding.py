@@ -58,7 +58,7 @@ def channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray:
         return np.full(channels, float(v.reshape(-1)[0]), np.float64)
     if v.shape[-1] != channels:
         raise FoldError(f"constant of shape {list(v.shape)} does not match {channels} channels")
-    return v.reshape(-1).astype(np.float64)
+    return np.asarray(v.reshape(-1), np.float64)
 
 
 def compose(scale: np.ndarray, shift: np.ndarray, op: str, c: np.ndarray,

@@ -160,8 +160,8 @@ class FusionPass:
         per pass run: the pipeline's fixed-point loop does the rest."""
         rewrites = 0
         anchors = frozenset(self.anchors)
-        for op in list(sg.operators):
-            if op.code not in anchors or not sg.contains(op):
+        for op in [op for op in sg.operators if op.opcode.code in anchors]:
+            if not sg.contains(op):
                 continue
             m = self.match(ctx, sg, op)
             if m is None:

@@ -34,6 +34,7 @@ The pass walks each CONV_2D once and reads each filter once: linear.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +71,10 @@ class NarrowBlockDiagonalConv(FusionPass):
             return None
         cin = x.shape[3]
         cout, _, _, width = w_t.shape
-        if cin <= 1 or width != cin or np.gcd(cin, cout) <= 1:
+        if cin <= 1 or width != cin or math.gcd(cin, cout) <= 1:
             return None  # already grouped, or nothing to narrow
+        if ctx.memo.get(("block-diagonal groups", w_t)) == 1:
+            return None  # a dense filter seen before (the fixed point's next round)
         w = weight_of(sg, w_t)
         if isinstance(w, str):
             return None

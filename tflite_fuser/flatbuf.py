@@ -270,7 +270,15 @@ class Layout:
         self.fields: dict[str, tuple[Field, np.dtype, bool]] = {
             n: (f, np.dtype(_U32) if dt == OFFSET else np.dtype(dt), dt == OFFSET)
             for n, f, dt in fields if f is not None}
-        self.slots = max(f.slot for f, _, _ in self.fields.values()) + 2 if self.fields else 4
+
+    @staticmethod
+    def of(reader: type, **storage) -> "Layout":
+        """The layout of ``reader``'s table (a generated class such as
+        ``fb.Tensor``) from ``Accessor=dtype`` pairs; fields are named in
+        snake case (``ShapeSignature`` -> ``shape_signature``). A field this
+        schema version lacks is left out."""
+        return Layout([(re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower(), field(reader, name), dt)
+                       for name, dt in storage.items()])
 
     @lru_cache(maxsize=None)
     def arrange(self, present: frozenset[str]) -> tuple[dict[str, int], int, int, bytes]:

@@ -27,34 +27,20 @@ import struct
 import flatbuffers
 import numpy as np
 
-from .flatbuf import OFFSET, Layout, field, scalar_table, write_offset_vector, write_strings, write_tables, write_vectors
+from .flatbuf import OFFSET, Layout, scalar_table, write_offset_vector, write_strings, write_tables, write_vectors
 from .graph import Buffer, LazyTable, Model, Operator, Subgraph, Tensor
 from .schema import FILE_IDENTIFIER, fb
 
-_F = lambda cls, name: field(cls, name)  # noqa: E731
-#: the tables written in bulk, field by field (names as the schema's, slots read off the generated code)
-BUFFER = Layout([("data", _F(fb.Buffer, "Data"), OFFSET), ("offset", _F(fb.Buffer, "Offset"), "<u8"),
-                 ("size", _F(fb.Buffer, "Size"), "<u8")])
-TENSOR = Layout([("shape", _F(fb.Tensor, "Shape"), OFFSET), ("type", _F(fb.Tensor, "Type"), "i1"),
-                 ("buffer", _F(fb.Tensor, "Buffer"), "<u4"), ("name", _F(fb.Tensor, "Name"), OFFSET),
-                 ("quantization", _F(fb.Tensor, "Quantization"), OFFSET),
-                 ("is_variable", _F(fb.Tensor, "IsVariable"), "u1"),
-                 ("sparsity", _F(fb.Tensor, "Sparsity"), OFFSET),
-                 ("shape_signature", _F(fb.Tensor, "ShapeSignature"), OFFSET),
-                 ("has_rank", _F(fb.Tensor, "HasRank"), "u1"),
-                 ("variant_tensors", _F(fb.Tensor, "VariantTensors"), OFFSET),
-                 ("external_buffer", _F(fb.Tensor, "ExternalBuffer"), "<u8")])
-OPERATOR = Layout([("opcode_index", _F(fb.Operator, "OpcodeIndex"), "<u4"),
-                   ("inputs", _F(fb.Operator, "Inputs"), OFFSET), ("outputs", _F(fb.Operator, "Outputs"), OFFSET),
-                   ("builtin_options_type", _F(fb.Operator, "BuiltinOptionsType"), "u1"),
-                   ("builtin_options", _F(fb.Operator, "BuiltinOptions"), OFFSET),
-                   ("custom_options", _F(fb.Operator, "CustomOptions"), OFFSET),
-                   ("custom_options_format", _F(fb.Operator, "CustomOptionsFormat"), "i1"),
-                   ("mutating_variable_inputs", _F(fb.Operator, "MutatingVariableInputs"), OFFSET),
-                   ("intermediates", _F(fb.Operator, "Intermediates"), OFFSET),
-                   ("builtin_options_2_type", _F(fb.Operator, "BuiltinOptions2Type"), "u1"),
-                   ("builtin_options_2", _F(fb.Operator, "BuiltinOptions2"), OFFSET),
-                   ("debug_metadata_index", _F(fb.Operator, "DebugMetadataIndex"), "<i4")])
+#: the tables written in bulk: each field by the generated reader's name, and
+#: how it is stored (slots are read off the generated code)
+BUFFER = Layout.of(fb.Buffer, Data=OFFSET, Offset="<u8", Size="<u8")
+TENSOR = Layout.of(fb.Tensor, Shape=OFFSET, Type="i1", Buffer="<u4", Name=OFFSET, Quantization=OFFSET,
+                   IsVariable="u1", Sparsity=OFFSET, ShapeSignature=OFFSET, HasRank="u1", VariantTensors=OFFSET,
+                   ExternalBuffer="<u8")
+OPERATOR = Layout.of(fb.Operator, OpcodeIndex="<u4", Inputs=OFFSET, Outputs=OFFSET, BuiltinOptionsType="u1",
+                     BuiltinOptions=OFFSET, CustomOptions=OFFSET, CustomOptionsFormat="i1",
+                     MutatingVariableInputs=OFFSET, Intermediates=OFFSET, BuiltinOptions2Type="u1",
+                     BuiltinOptions2=OFFSET, DebugMetadataIndex="<i4")
 
 ALIGN = 16
 #: Above this many bytes of constants, use the external-buffer form.
@@ -319,15 +305,15 @@ class _Writer:
         values = {
             "opcode_index": np.array([self.opcode_index[op.opcode] for op in ops], np.int64),
             "inputs": ins, "outputs": outs, "intermediates": inter, "custom_options": custom,
-            "mutating_variable_inputs": mvi, "builtin_options": opts, "builtin_options_2": opts2,
+            "mutating_variable_inputs": mvi, "builtin_options": opts, "builtin_options2": opts2,
             "builtin_options_type": np.array([op.options_type for op in ops], np.int64) * (opts != 0),
-            "builtin_options_2_type": np.array([op.options2_type for op in ops], np.int64) * (opts2 != 0),
+            "builtin_options2_type": np.array([op.options2_type for op in ops], np.int64) * (opts2 != 0),
             "custom_options_format": np.array([op.custom_options_format for op in ops], np.int64),
             "debug_metadata_index": np.array([op.debug_metadata_index for op in ops], np.int64),
         }
         present = {k: values[k] != 0 for k in ("opcode_index", "intermediates", "custom_options",
-                                                "mutating_variable_inputs", "builtin_options", "builtin_options_2",
-                                                "builtin_options_type", "builtin_options_2_type",
+                                                "mutating_variable_inputs", "builtin_options", "builtin_options2",
+                                                "builtin_options_type", "builtin_options2_type",
                                                 "custom_options_format")}
         present["debug_metadata_index"] = values["debug_metadata_index"] != -1
         return write_tables(b, OPERATOR, values, present, self.vtables)

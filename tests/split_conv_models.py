@@ -86,10 +86,10 @@ def assert_sorted(result):
     assert unsorted_subgraphs(result.model) == []
 
 
-def assert_left_alone(model_bytes: bytes, reason: str, same_bytes: bool = True):
+def assert_left_alone(model_bytes: bytes, reason: str, same_bytes: bool = True, **kw):
     """Unchanged (to the byte for files our writer made), verified, and the
-    report says why."""
-    r = fuse_and_check(model_bytes, passes=[PASS])
+    report says why. ``kw`` goes to ``fuse`` (a target, say)."""
+    r = fuse_and_check(model_bytes, passes=[PASS], **kw)
     assert r.report["passes"] == [{"name": PASS, "rewrites": 0}]
     assert op_counts(r) == r.report["input"]["op_counts"]
     if same_bytes:

@@ -24,6 +24,7 @@ from tflite_fuser.schema import BuiltinOperator as Op
 from tflite_fuser.schema import TensorType, fb
 
 from tflite_fuser.ops import TRAITS
+from tflite_fuser.options import PassOptions
 
 from helpers import RESOLVERS, quantization, run_tflite
 
@@ -128,27 +129,44 @@ def int8_split_conv(rng, c, width, outs, hw=33) -> bytes:
     return b.to_bytes()
 
 
-@pytest.mark.parametrize("width,exact_kernels", [
-    (1, {"builtin", "xnnpack", "reference"}),  # depthwise: exact everywhere
-    (4, {"xnnpack", "reference"}),             # grouped: the optimized builtin kernel differs
-])
-def test_int8_merged_conv_is_bit_exact_only_where_the_passes_use_it(width, exact_kernels, rng, monkeypatch):
-    from tflite_fuser.passes import fuse_split_conv
+@pytest.mark.parametrize("width", [1, 4])
+def test_the_target_table_says_exactly_which_int8_merges_each_runtime_computes_bit_exactly(width, rng, monkeypatch):
+    """targets.py claims, per runtime, which int8 merges give the per-group
+    convs' very bytes. Measure every runtime against its claim: depthwise
+    (width 1) is exact everywhere; grouped (width 4) on XNNPACK, LiteRT's
+    reference kernels and TFLite Micro, while the optimized built-in kernel
+    rounds some values one step differently."""
+    from tflite_fuser import targets
+    from tflite_fuser.micro import runnables
 
-    src = int8_split_conv(rng, 64, width, 2)
+    src = int8_split_conv(rng, 8 * width, width, 2)
     model = load(src)
-    # Merge even what the pass refuses, to measure it.
-    monkeypatch.setattr(fuse_split_conv, "quantized_merge_refused", lambda *a: None)
+    # Merge even what a target refuses, to measure it.
+    monkeypatch.setattr(targets.Target, "quantized_merge_refused", lambda self, *a: None)
     assert run_passes(model, ["fuse-split-conv"])[0] == {"fuse-split-conv": 1}
     merged = serialize(model).tobytes()
-    x = rng.integers(-128, 128, (1, 33, 33, 64)).astype(np.int8)
+    x = rng.integers(-128, 128, (1, 33, 33, 8 * width)).astype(np.int8)
+    kind = "depthwise" if width == 1 else "grouped"
+    measured = {}
     for kernels in RESOLVERS:
         diff = np.abs(run_tflite(src, x, kernels).astype(int) - run_tflite(merged, x, kernels).astype(int)).max()
-        assert (diff == 0) == (kernels in exact_kernels), (kernels, diff)
         assert diff <= 1
+        measured[kernels] = diff == 0
+    (split_tflm,), (merged_tflm,) = runnables(src), runnables(merged)  # 8 groups: TFLM loads both forms
+    feed = {split_tflm.specs[0][0]: x}
+    measured["micro"] = all((a == b).all() for a, b in zip(split_tflm.run(feed).values(),
+                                                           merged_tflm.run(feed).values()))
+    assert measured["reference"]
+    for t in targets.TARGETS.values():
+        if t.verify_on not in measured:  # the GPU accelerator: int8 merges are not claimed there
+            assert (TensorType.INT8, kind) not in t.exact_quantized
+            continue
+        assert measured[t.verify_on] == ((TensorType.INT8, kind) in t.exact_quantized), (t.name, measured)
 
 
-def test_the_split_pass_makes_only_the_exact_int8_rewrite(rng):
-    for width, want in ((1, 1), (4, 0)):
-        counts, _ = run_passes(load(int8_split_conv(rng, 16, width, 2, hw=8)), ["fuse-split-conv"])
-        assert counts == {"fuse-split-conv": want}
+def test_the_split_pass_makes_the_int8_merges_the_target_computes_exactly(rng):
+    for target, widths in (("builtin", {1: 1, 4: 0}), ("xnnpack", {1: 1, 4: 1}), ("micro", {1: 1, 4: 1})):
+        for width, want in widths.items():
+            counts, _ = run_passes(load(int8_split_conv(rng, 16, width, 2, hw=8)), ["fuse-split-conv"],
+                                   options=PassOptions(target=target))
+            assert counts == {"fuse-split-conv": want}, (target, width)

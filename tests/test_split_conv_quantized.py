@@ -5,6 +5,7 @@ rewrites (int8 depthwise), float16 weights kept as float16 behind DEQUANTIZE
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tflite_fuser.builder import ModelBuilder
 from tflite_fuser.pipeline import load
@@ -12,7 +13,7 @@ from tflite_fuser.schema import TensorType, fb
 
 from conftest import fuse_and_check, op_counts
 from helpers import quantization
-from split_conv_models import assert_left_alone, assert_sorted, depthwise_filter, fused_op, quantized_lowered_depthwise
+from split_conv_models import PASS, assert_left_alone, assert_sorted, depthwise_filter, fused_op, quantized_lowered_depthwise
 
 
 # ------------------------------------------------------------------ quantized
@@ -38,9 +39,7 @@ def test_int8_branches_with_different_filter_scales_merge_into_per_channel_scale
     assert r.verification.max_abs_error == 0
 
 
-def test_int8_lowered_grouped_conv_is_left_alone(rng):
-    """The optimized int8 grouped CONV_2D rounds one step apart from per-group
-    CONV_2D (tests/test_grouped_conv_runtime.py): the split stays."""
+def int8_lowered_grouped(rng) -> bytes:
     groups, cin, cout = 4, 16, 16
     in_q, out_q = (0.02, 1), (0.05, -2)
     b = ModelBuilder()
@@ -53,7 +52,23 @@ def test_int8_lowered_grouped_conv_is_left_alone(rng):
                        quantization(0.02 * 0.01, 0))
         ys.append(b.conv2d(p, w, bias, version=3, quantization=quantization(*out_q)))
     b.output(b.concat(ys, quantization=quantization(*out_q)))
-    assert_left_alone(b.to_bytes(), "int8 grouped CONV_2D")
+    return b.to_bytes()
+
+
+def test_int8_lowered_grouped_conv_stays_split_for_the_builtin_kernels(rng):
+    """The optimized built-in int8 grouped CONV_2D rounds one step apart from
+    per-group CONV_2D (tests/test_grouped_conv_runtime.py): for target
+    builtin the split stays."""
+    assert_left_alone(int8_lowered_grouped(rng), "int8 grouped CONV_2D", target="builtin")
+
+
+@pytest.mark.parametrize("target", ["xnnpack", "micro"])
+def test_int8_lowered_grouped_conv_merges_where_the_kernels_are_exact(target, rng):
+    """XNNPACK and TFLite Micro give the merged int8 grouped CONV_2D the very
+    bytes of the per-group convs: merged, and proved bit-exact on them."""
+    r = fuse_and_check(int8_lowered_grouped(rng), passes=[PASS], target=target)
+    assert op_counts(r) == {"CONV_2D": 1}
+    assert r.verification.kernels == target and r.verification.max_abs_error == 0
 
 
 def fp16_lowered_depthwise(rng, c=8, m=2):

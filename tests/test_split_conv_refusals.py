@@ -118,7 +118,7 @@ def test_uint8_lowered_depthwise_is_left_alone(rng):
     """Same maths, but the legacy uint8 CONV_2D and DEPTHWISE_CONV_2D kernels
     round their requantization one step apart: not bit-exact, so not done."""
     assert_left_alone(quantized_lowered_depthwise(rng, c=4, m=2, dtype=TensorType.UINT8),
-                      "uint8: the interpreter's uint8 CONV_2D and DEPTHWISE_CONV_2D round differently")
+                      "uint8 DEPTHWISE_CONV_2D: the xnnpack kernels of target xnnpack round it one step")
 
 
 def test_int8_pieces_with_their_own_parameters_are_left_alone(rng):

@@ -12,8 +12,9 @@ from typing import Sequence
 from . import __version__
 from .errors import FuseError, UsageError
 from .passes import PASS_CLASSES
-from .options import (DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_RUNS, DEFAULT_TIMEOUT, FP16_MODES, FuseOptions,
-                      PassOptions, VerifyOptions)
+from .options import (DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_RUNS, DEFAULT_TIMEOUT, FP16_MODES, KERNEL_SETS,
+                      FuseOptions, PassOptions, VerifyOptions)
+from .targets import DEFAULT_TARGET, TARGETS
 from .pipeline import fuse, load
 from .report import render
 from .schema import type_name
@@ -56,10 +57,14 @@ def _fuse_parser() -> argparse.ArgumentParser:
                "  tflite-fuse model.tflite model.fused.tflite\n"
                "  tflite-fuse model.tflite out.tflite -v --report report.json\n"
                "  tflite-fuse model.tflite out.tflite --inputs calib.npz --rtol 1e-4\n"
-               "  tflite-fuse model.tflite --in-place\n")
+               "  tflite-fuse model.tflite --in-place\n"
+               "  tflite-fuse model.tflite out.tflite --target micro   # for TFLite Micro, proved on it\n")
     p.add_argument("input", metavar="IN", help="the .tflite model to fuse (never modified)")
     p.add_argument("output", metavar="OUT", nargs="?", help="where to write the fused model")
     g = p.add_argument_group("passes")
+    g.add_argument("--target", choices=list(TARGETS), default=DEFAULT_TARGET,
+                   help="the runtime the model is fused for, and proved on: " + "; ".join(
+                       f"{t.name}: {t.summary}" for t in TARGETS.values()) + f" (default {DEFAULT_TARGET})")
     g.add_argument("--passes", default="all", metavar="LIST",
                    help="comma-separated passes to run, 'all' (default) or 'none' (a verified round trip)")
     g.add_argument("--disable", default="", metavar="LIST", help="comma-separated passes not to run")
@@ -87,8 +92,10 @@ def _fuse_parser() -> argparse.ArgumentParser:
                    help="range of random float inputs (default -1,1)")
     v.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,D,...",
                    help="shape for an input with dynamic dimensions (default: -1 becomes 1)")
-    v.add_argument("--xnnpack", action="store_true",
-                   help="verify with the XNNPACK delegate instead of the built-in kernels")
+    v.add_argument("--verify-on", choices=KERNEL_SETS, metavar="KERNELS",
+                   help="the kernels that verify: builtin, xnnpack, micro (TFLite Micro) or gpu; default: the "
+                        "target's. A CPU kernel set that cannot run the input model hands over to the other")
+    v.add_argument("--xnnpack", action="store_true", help="the same as --verify-on xnnpack")
     v.add_argument("--verify-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"give up verifying after this long (default {DEFAULT_TIMEOUT:g}); the interpreter "
                         "runs in a child process, so a crash or hang there cannot take the tool down")
@@ -218,11 +225,13 @@ def options_from(args: argparse.Namespace) -> FuseOptions:
     return FuseOptions(
         passes=passes, disable=_csv(args.disable), force=args.force, in_place=args.in_place,
         backup=not args.no_backup,
-        pass_options=PassOptions(fp16_weights=args.fp16_weights, grouped_conv=not args.no_grouped_conv),
+        pass_options=PassOptions(fp16_weights=args.fp16_weights, target=args.target,
+                                 grouped_conv=not args.no_grouped_conv),
         verify=VerifyOptions(enabled=not args.no_verify, atol=args.atol, rtol=args.rtol, range_atol=args.range_atol,
                              runs=args.runs, seed=args.seed, inputs=load_npz(args.inputs) if args.inputs else None,
                              input_range=_parse_range(args.input_range),
-                             input_shapes=_parse_shapes(args.input_shape), xnnpack=args.xnnpack,
+                             input_shapes=_parse_shapes(args.input_shape),
+                             kernels=args.verify_on or ("xnnpack" if args.xnnpack else None),
                              timeout=args.verify_timeout))
 
 

@@ -11,10 +11,15 @@ has one name, one default and one place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from . import targets
+from .targets import DEFAULT_TARGET
+
 FP16_MODES = ("keep", "exact", "float32")
+KERNEL_SETS = ("builtin", "xnnpack", "micro", "gpu")
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
@@ -35,11 +40,12 @@ class PassOptions:
     #: representable; "float32": store folded weights as float32 (larger file,
     #: no re-rounding).
     fp16_weights: str = "keep"
-    #: emit grouped CONV_2D (filter in-channels < input channels). Off keeps
-    #: grouped convs in split form: not every delegate runs them (older GPU
-    #: delegates stop at CONV_2D version 1, converters such as onnx2tflite
-    #: split them for that reason), and the built-in CPU kernels run ResNeXt's
-    #: G=32 convs faster split (XNNPACK runs them faster grouped).
+    #: the runtime the model is fused for (targets.py): which forms it runs,
+    #: which it runs faster, which quantized merges it computes exactly
+    target: str = DEFAULT_TARGET
+    #: False takes grouped CONV_2D away from the target, whatever it is: not
+    #: every delegate runs one (older GPU delegates stop at CONV_2D version 1;
+    #: converters such as onnx2tflite split them for that reason)
     grouped_conv: bool = True
 
     def __post_init__(self):
@@ -47,6 +53,12 @@ class PassOptions:
             from .errors import UsageError
 
             raise UsageError(f"fp16_weights must be one of {', '.join(FP16_MODES)}, not {self.fp16_weights!r}")
+        self.resolved  # an unknown target name is a usage error now, not at the first match
+
+    @functools.cached_property
+    def resolved(self) -> targets.Target:
+        """The target's table entry, with the user's overrides applied."""
+        return targets.target(self.target, self.grouped_conv)
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,11 @@ class VerifyOptions:
     input_shapes: Mapping[str, Sequence[int]] | None = None
     #: integer outputs may differ by this many quantization steps
     quant_steps: int = 1
-    #: try XNNPACK first (the other kernel set verifies when this one cannot run the original)
+    #: the kernels that verify: "builtin", "xnnpack", "micro", "gpu"; None:
+    #: the target's (a CPU kernel set that cannot run the original hands over
+    #: to the other one)
+    kernels: str | None = None
+    #: the library's old switch, the same as kernels="xnnpack"
     xnnpack: bool = False
     num_threads: int | None = None
     #: run in a child process (a crash or hang there cannot take the caller down)

@@ -22,6 +22,7 @@ from .atomic import check_destination, commit, discard, free_backup_name, write_
 from .errors import UsageError
 from .graph import Model
 from .options import FuseOptions, PassOptions, VerifyOptions
+from .targets import Target
 from .pagecache import WeightPages
 from .passes import PassContext, select
 from .reader import Source, load_bytes, parse
@@ -165,8 +166,8 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
     t_read = time.perf_counter()
     counts, ctx = run_passes(model, opts.passes, opts.disable, opts.pass_options, log, progress)
     t_passes = time.perf_counter()
-    check = opts.verify
-    notes = []
+    target = opts.pass_options.resolved
+    check, notes = _verification_for(opts.verify, target)
     if ctx.fp16_rerounded:
         check = dataclasses.replace(check, atol=max(check.atol, FP16_GRID_TOL), rtol=max(check.rtol, FP16_GRID_TOL),
                                     range_atol=True)
@@ -209,6 +210,7 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
     report = {
         "report_version": REPORT_VERSION,
         "tool_version": __version__,
+        "target": {"name": target.name, "summary": target.summary},
         "input": before,
         "output": after,
         "passes": [{"name": k, "rewrites": v} for k, v in counts.items()],
@@ -230,6 +232,18 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
         },
     }
     return FuseResult(model=model, report=report, verification=verification, written=written, _chunks=chunks)
+
+
+def _verification_for(check: VerifyOptions, target: Target) -> tuple[VerifyOptions, list[str]]:
+    """The kernels that prove a model for ``target`` (unless the user chose),
+    and what to say when they cannot run here."""
+    notes: list[str] = []
+    kernels = check.kernels or ("xnnpack" if check.xnnpack else target.verify_on)
+    if kernels == "gpu":
+        notes.append("target gpu: verified on the CPU (XNNPACK kernels); a GPU accelerator backend is not "
+                     "available in this version")
+        kernels = "xnnpack"
+    return dataclasses.replace(check, kernels=kernels, xnnpack=False), notes
 
 
 def _verify(original, candidate, check: VerifyOptions, say: Callable[[str], None]) -> Verification:

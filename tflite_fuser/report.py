@@ -33,7 +33,8 @@ def _size(n: int) -> str:
 def render(report: dict[str, Any], verbose: bool = False) -> str:
     """A summary a person can read at a glance."""
     a, b = report["input"], report["output"]
-    lines = [f"tflite-fuse {report['tool_version']}: {a['path'] or '<bytes>'} -> {b['path'] or '<bytes>'}"]
+    lines = [f"tflite-fuse {report['tool_version']}: {a['path'] or '<bytes>'} -> {b['path'] or '<bytes>'} "
+             f"(target {report['target']['name']})"]
     names = list(dict.fromkeys(list(a["op_counts"]) + list(b["op_counts"])))
     width = max([len(n) for n in names] + [8])
     lines.append(f"  {'operator':<{width}} {'before':>7} {'after':>7}")
@@ -51,12 +52,16 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
     if verbose and report["rewrites"]:
         lines.append(f"  rewrites ({len(report['rewrites'])}):")
         lines.extend(f"    {r['pass']}: {_where(r)}{r['what']}" for r in report["rewrites"])
-    if report["skipped"]:
+    kept = [s for s in report["skipped"] if "kept for target" in s["reason"]]
+    alone = [s for s in report["skipped"] if "kept for target" not in s["reason"]]
+    for title, items in ((f"kept for target {report['target']['name']}", kept), ("left alone", alone)):
+        if not items:
+            continue
         if verbose:
-            lines.append(f"  left alone ({len(report['skipped'])}):")
-            lines.extend(f"    {s['pass']}: {_where(s)}{s['op']}: {s['reason']}" for s in report["skipped"])
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend(f"    {s['pass']}: {_where(s)}{s['op']}: {s['reason']}" for s in items)
         else:
-            lines.append(f"  left alone: {len(report['skipped'])} candidate(s) (-v says why)")
+            lines.append(f"  {title}: {len(items)} candidate(s) (-v says why)")
     for note in report.get("notes", []):
         lines.append(f"  note: {note}")
     v = report["verification"]
@@ -87,12 +92,19 @@ def verification_lines(v: dict[str, Any], verbose: bool) -> list[str]:
     bound the closest element used (the max relative error alone misleads:
     an element near zero inflates it while atol carries it)."""
     status = "PASS" if v["ok"] else "FAIL"
-    kernels = {"builtin": "built-in", "xnnpack": "XNNPACK"}.get(v["kernels"], v["kernels"])
+    kernels = {"builtin": "built-in", "xnnpack": "XNNPACK", "micro": "TFLite Micro"}.get(v["kernels"], v["kernels"])
     lines = [f"  verification: {status} on {v['runs']} run(s), {len(v['outputs'])} output(s), {kernels} kernels: "
              f"max |a-b| {v['max_abs_error']:.3g}, the closest element at {_share(v['bound_used'])} of its bound "
              f"atol + rtol x |a| (atol {v['atol']:g}, rtol {v['rtol']:g})"]
     if v.get("kernels_note"):
         lines.append(f"    ({v['kernels_note']}; verified with the {kernels} kernels instead)")
+    for note in v.get("notes", []):
+        lines.append(f"    note: {note}")
+    micro = v.get("micro")
+    if micro:
+        before = micro["arena_bytes_before"]
+        lines.append(f"    TFLite Micro arena: {'does not load' if before is None else _size(before)} before, "
+                     f"{_size(micro['arena_bytes_after']) if micro['arena_bytes_after'] else '?'} after")
     if verbose or not v["ok"]:
         for o in v["outputs"]:
             sig = f"{o['signature']}/" if o["signature"] else ""

@@ -192,7 +192,7 @@ def _blame(stage: str, what: str, kwargs, last_words: str) -> Verification:
         raise BadModelError(f"the TFLite interpreter {what} while {stage}{said}; "
                             f"pass --no-verify to skip verification")
     return Verification(ok=False, runs=0, atol=kwargs.get("atol", 0.0), rtol=kwargs.get("rtol", 0.0),
-                        seed=kwargs.get("seed", 0), kernels="xnnpack" if kwargs.get("xnnpack") else "builtin",
+                        seed=kwargs.get("seed", 0), kernels=kwargs.get("kernels") or "builtin",
                         message=f"the TFLite interpreter {what} while {stage}{said}")
 
 

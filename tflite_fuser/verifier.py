@@ -28,6 +28,7 @@ shape signature) become 1 unless ``input_shapes`` says otherwise.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -102,9 +103,17 @@ class Verification:
     message: str = ""
     #: why ``kernels`` is not the kernel set asked for (it could not run the input)
     kernels_note: str = ""
+    #: what the user should know about how it was proved (cross-runtime checks ...)
+    notes: list[str] = field(default_factory=list)
+    #: TFLite Micro runs (``--target micro``): whether the original loads, the
+    #: arena each model uses, and how the fused model in TFLM agrees with LiteRT
+    micro: dict | None = None
+    micro_arena: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("micro_arena")
+        return d
 
 
 ModelRef = "str | os.PathLike | bytes"
@@ -220,7 +229,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UsageError(f"{path}: not a readable .npz of input arrays ({e})") from None
 
 
-KERNEL_SETS = ("builtin", "xnnpack")
+CPU_KERNELS = ("builtin", "xnnpack")
+KERNEL_NAMES = {"builtin": "built-in kernels", "xnnpack": "XNNPACK kernels", "micro": "TFLite Micro kernels"}
 
 
 class _OriginalDoesNotRun(Exception):
@@ -234,27 +244,35 @@ class _OriginalDoesNotRun(Exception):
 def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
            runs: int = DEFAULT_RUNS, seed: int = 0, inputs: Mapping[str, np.ndarray] | None = None,
            input_range=DEFAULT_INPUT_RANGE, input_shapes=None, quant_steps: int = 1, range_atol: bool = False,
-           xnnpack: bool = False, num_threads: int | None = None,
+           kernels: str | None = None, xnnpack: bool = False, num_threads: int | None = None,
            progress: Callable[[str], None] | None = None) -> Verification:
     """Compare ``candidate`` against ``original`` (paths or bytes).
 
-    The kernels asked for (built-in by default, XNNPACK with ``xnnpack``)
-    are tried first. When they cannot load or run the *original* (the
+    ``kernels`` (or ``xnnpack``) names the kernels asked for, built-in by
+    default. When a CPU kernel set cannot load or run the *original* (the
     built-in kernels reject float16 activations that XNNPACK runs, for
-    instance), the other set is tried, and the result says which ran and
-    why; only when neither runs the original is the input reported as
-    unverifiable.
+    instance), the other is tried, and the result says which ran and why;
+    only when neither runs the original is the input reported as
+    unverifiable. ``kernels="micro"`` proves the model on TFLite Micro (see
+    :func:`_verify_micro`).
     """
-    order = ["xnnpack", "builtin"] if xnnpack else ["builtin", "xnnpack"]
+    check = dict(atol=atol, rtol=rtol, runs=runs, seed=seed, inputs=inputs, input_range=input_range,
+                 input_shapes=input_shapes, quant_steps=quant_steps, range_atol=range_atol,
+                 num_threads=num_threads, progress=progress)
+    kernels = kernels or ("xnnpack" if xnnpack else "builtin")
+    if kernels == "micro":
+        return _verify_micro(original, candidate, check)
+    return _verify_cpu(original, candidate, kernels, check)
+
+
+def _verify_cpu(original, candidate, kernels: str, check: dict) -> Verification:
+    order = [kernels] + [k for k in CPU_KERNELS if k != kernels]
     refused: list[tuple[str, str]] = []
-    for kernels in order:
+    for k in order:
         try:
-            result = _verify_with(kernels, original, candidate, atol=atol, rtol=rtol, runs=runs, seed=seed,
-                                  inputs=inputs, input_range=input_range, input_shapes=input_shapes,
-                                  quant_steps=quant_steps, range_atol=range_atol, num_threads=num_threads,
-                                  progress=progress)
+            result = _verify_with(k, original, candidate, **check)
         except _OriginalDoesNotRun as e:
-            refused.append((kernels, e.what))
+            refused.append((k, e.what))
             continue
         if refused:
             result.kernels_note = "; ".join(f"the {KERNEL_NAMES[k]} cannot run the input model ({why})"
@@ -265,23 +283,77 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
                         + "); pass --no-verify to skip verification")
 
 
-KERNEL_NAMES = {"builtin": "built-in kernels", "xnnpack": "XNNPACK kernels"}
+def _verify_micro(original, candidate, check: dict) -> Verification:
+    """Prove a model fused for TFLite Micro on TFLite Micro.
+
+    When TFLM loads the original, the proof is TFLM against TFLM. When it does
+    not (the usual reason to fuse for it: a split form's CONCATENATION of more
+    than 10 inputs), the rewrite is proved in LiteRT, original against fused,
+    and the fused model then runs in TFLM and is compared with LiteRT's run of
+    it: a cross-runtime check, reported as such. TFLM and LiteRT do not always
+    agree on a model (int8 rounding, for one); a disagreement there is a
+    finding about the runtimes, reported, not a failed rewrite.
+    """
+    from . import micro
+
+    why = micro.unavailable()
+    if why:
+        result = _verify_cpu(original, candidate, "builtin", check)
+        result.notes.append(f"TFLite Micro verification was not run: {why}")
+        return result
+    say = check["progress"] or (lambda _msg: None)
+    say(STAGE_LOAD_CANDIDATE)
+    try:
+        fused = micro.runnables(candidate)
+    except RuntimeError as e:
+        return Verification(ok=False, runs=0, atol=check["atol"], rtol=check["rtol"], seed=check["seed"],
+                            kernels="micro", message=f"the rewritten model does not load in TFLite Micro: {e}")
+    try:
+        result = _verify_with("micro", original, candidate, **check)
+    except _OriginalDoesNotRun as e:
+        result = _verify_cpu(original, candidate, "builtin", check)
+        result.micro = {"original_loads": False, "original_error": e.what, "arena_bytes_before": None,
+                        "arena_bytes_after": fused[0].arena_bytes}
+        # The main subgraph in both runtimes (TFLM has no signature runner):
+        # inputs and outputs in the subgraph's order.
+        litert = [_Runnable(_interpreter(candidate, result.kernels == "xnnpack", check["num_threads"]), None)]
+        agree = _verify_runnables(litert, fused, dataclasses.replace(result, outputs=[], message="", ok=True, runs=0),
+                                  by_position=True, **check)
+        result.micro["agreement_max_abs_error"] = agree.max_abs_error
+        result.micro["agreement_ok"] = agree.ok
+        result.notes.append(
+            f"TFLite Micro cannot load the input model ({e.what}); the rewrite was proved with the "
+            f"{KERNEL_NAMES[result.kernels]}, and the fused model runs in TFLite Micro "
+            + ("matching" if agree.ok else "NOT matching") + f" LiteRT's run of it (max |a-b| "
+            f"{agree.max_abs_error:.3g}){'' if agree.ok else ': a difference between the runtimes'}")
+        return result
+    result.micro = {"original_loads": True, "original_error": "", "arena_bytes_before": result.micro_arena,
+                    "arena_bytes_after": fused[0].arena_bytes}
+    return result
 
 
-def _verify_with(kernels: str, original, candidate, *, atol, rtol, runs, seed, inputs, input_range,
-                 input_shapes, quant_steps, range_atol, num_threads, progress) -> Verification:
-    start = time.perf_counter()
-    xnnpack = kernels == "xnnpack"
-    result = Verification(ok=True, runs=0, atol=atol, rtol=rtol, seed=seed, kernels=kernels)
+def _load(model, kernels: str, num_threads: int | None) -> list:
+    if kernels == "micro":
+        from . import micro
+
+        return micro.runnables(model)
+    return _runnables(_interpreter(model, kernels == "xnnpack", num_threads))
+
+
+def _verify_with(kernels: str, original, candidate, *, num_threads, progress, **check) -> Verification:
+    result = Verification(ok=True, runs=0, atol=check["atol"], rtol=check["rtol"], seed=check["seed"],
+                          kernels=kernels)
     say = progress or (lambda _msg: None)
     say(STAGE_LOAD_ORIGINAL)
     try:
-        ref_r = _runnables(_interpreter(original, xnnpack, num_threads))
+        ref_r = _load(original, kernels, num_threads)
     except (ValueError, RuntimeError) as e:
         raise _OriginalDoesNotRun(f"it does not load: {_first_line(e)}") from None
+    if kernels == "micro":
+        result.micro_arena = ref_r[0].arena_bytes
     say(STAGE_LOAD_CANDIDATE)
     try:
-        new_r = _runnables(_interpreter(candidate, xnnpack, num_threads))
+        new_r = _load(candidate, kernels, num_threads)
     except (ValueError, RuntimeError) as e:
         result.ok = False
         result.message = f"the rewritten model does not load: {_first_line(e)}"
@@ -290,7 +362,16 @@ def _verify_with(kernels: str, original, candidate, *, atol, rtol, runs, seed, i
         result.ok = False
         result.message = "signature lists differ"
         return result
+    return _verify_runnables(ref_r, new_r, result, progress=progress, **check)
 
+
+def _verify_runnables(ref_r, new_r, result: Verification, *, atol, rtol, runs, seed, inputs, input_range,
+                      input_shapes, quant_steps, range_atol, progress, by_position: bool = False,
+                      num_threads=None) -> Verification:
+    """Run both sides on the same inputs and compare every output (by name,
+    or by position across runtimes whose outputs are named differently)."""
+    start = time.perf_counter()
+    say = progress or (lambda _msg: None)
     rng = np.random.default_rng(seed)
     worst: dict[tuple[str, str], OutputCheck] = {}
     n_runs = 1 if inputs is not None else max(1, runs)
@@ -306,12 +387,12 @@ def _verify_with(kernels: str, original, candidate, *, atol, rtol, runs, seed, i
                 raise _OriginalDoesNotRun(f"it fails to run: {_first_line(e)}") from None
             say(STAGE_RUN_CANDIDATE)
             try:
-                b = new.run(feeds)
+                b = new.run(feeds if not by_position else dict(zip(new.input_specs(), feeds.values())))
             except (ValueError, RuntimeError) as e:
                 result.ok = False
                 result.message = f"the rewritten model fails to run: {_first_line(e)}"
                 return result
-            if list(a) != list(b) and sig:
+            if list(a) != list(b) and sig and not by_position:
                 result.ok = False
                 result.message = f"signature {sig!r} outputs differ: {sorted(a)} vs {sorted(b)}"
                 return result

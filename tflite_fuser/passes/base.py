@@ -19,6 +19,7 @@ from typing import Callable, ClassVar
 
 from ..graph import Model, Operator, Subgraph
 from ..options import PassOptions
+from ..targets import Target
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ class PassContext:
     #: facts about constants worth computing once per run, keyed by what they
     #: are about (constants never change: a rewrite makes new ones)
     memo: dict = field(default_factory=dict)
+
+    @property
+    def target(self) -> Target:
+        """What the runtime the model is fused for runs, and runs faster (targets.py)."""
+        return self.options.resolved
 
     def remember(self, key, compute: Callable[[], object]):
         """``compute()``, once per ``key`` for the whole run."""

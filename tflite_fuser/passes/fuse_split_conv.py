@@ -39,7 +39,7 @@ Preconditions (each failure is a ``ctx.skip`` with the reason):
   7. Quantized rewrites only where the interpreter gives the very same bytes:
      int8 -> DEPTHWISE_CONV_2D. int8 grouped and all uint8 are left alone (their
      kernels round one step differently, which compounds over layers; see
-     ``predicates.quantized_merge_refused``). Float32 grouped CONV_2D is pinned in
+     ``Target.quantized_merge_refused`` in targets.py). Float32 grouped CONV_2D is pinned in
      ``tests/test_grouped_conv_runtime.py``.
 
 A RELU / RELU6 / RELU_N1_TO_1 that alone reads the concatenation is fused
@@ -65,8 +65,9 @@ from ..schema import TensorType, type_name
 from .base import FusionPass, Match, PassContext, Skip
 from .channel_split import SLICING_OPS, Partition, match_partition
 from .convs import ConvGeometry, grouped_conv
-from .predicates import quantized_merge_refused, same_quantization, why_not_removable
+from .predicates import same_quantization, why_not_removable
 from .weights import Weight, WeightStore, weight_of
+from ..targets import GROUPED_CONV, MERGE_GROUPED
 
 BRANCH_OPS = codes((CONV, DEPTHWISE))
 _QUANTIZED = (TensorType.INT8, TensorType.UINT8)
@@ -107,8 +108,10 @@ class FuseSplitConv(FusionPass):
         m = self._match(ctx, sg, cat)
         if isinstance(m, str):
             return Skip(m, cat)
-        if m is not None and not m.plan.is_depthwise and not ctx.options.grouped_conv:
-            return Skip("would become a grouped CONV_2D, which --no-grouped-conv turns off", cat)
+        if m is not None and not m.plan.is_depthwise:
+            why = ctx.target.lacks(GROUPED_CONV) or ctx.target.refuses(MERGE_GROUPED)
+            if why:
+                return Skip(f"would become a grouped CONV_2D: {why}", cat)
         return m
 
     def _match(self, ctx: PassContext, sg: Subgraph, cat: Operator) -> SplitConv | str | None:
@@ -177,7 +180,7 @@ class FuseSplitConv(FusionPass):
         why = _types_agree(part, producers, branches, out)
         if why:
             return why
-        why = quantized_merge_refused(part.source.dtype, plan.is_depthwise)
+        why = ctx.target.quantized_merge_refused(part.source.dtype, plan.is_depthwise)
         if why:
             return why
 

@@ -14,7 +14,7 @@ Pattern::
         => ``DEPTHWISE_CONV_2D`` with depth_multiplier M, filter ``[1,kh,kw,Cout]``;
   * 1 < G < Cin blocks => grouped ``CONV_2D`` with filter ``[Cout,kh,kw,Cin/G]``
         (op version 6; float32 only: int8 grouped rounds differently, see
-        ``predicates.quantized_merge_refused``).
+        ``Target.quantized_merge_refused`` in targets.py).
 
 Preconditions:
 
@@ -45,7 +45,7 @@ from ..schema import BuiltinOperator as Op
 from ..schema import TensorType, type_name
 from .base import FusionPass, Match, PassContext, Skip
 from .convs import ConvGeometry, grouped_conv
-from .predicates import quantized_merge_refused
+from ..targets import GROUPED_CONV, MERGE_GROUPED
 from .weights import Weight, WeightStore, weight_of
 
 _QUANTIZED = (TensorType.INT8, TensorType.UINT8)
@@ -92,10 +92,11 @@ class NarrowBlockDiagonalConv(FusionPass):
         if bias is None:
             return Skip(f"block diagonal ({groups} groups) but the conv has no bias", op)
         depthwise = groups == cin
-        if not depthwise and not ctx.options.grouped_conv:
-            return Skip(f"block diagonal ({groups} groups) but grouped CONV_2D is turned off (--no-grouped-conv)",
-                        op)
-        why = quantized_merge_refused(x.dtype, depthwise)
+        if not depthwise:
+            why = ctx.target.lacks(GROUPED_CONV) or ctx.target.refuses(MERGE_GROUPED)
+            if why:
+                return Skip(f"block diagonal ({groups} groups) but a grouped CONV_2D is {why}", op)
+        why = ctx.target.quantized_merge_refused(x.dtype, depthwise)
         if why:
             return Skip(f"block diagonal ({groups} groups) but {why}", op)
         return BlockDiagonal(op, w, groups)

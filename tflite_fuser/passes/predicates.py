@@ -55,27 +55,6 @@ def is_float32(t: Tensor | None) -> bool:
     return t is not None and t.dtype == TensorType.FLOAT32 and not t.is_quantized
 
 
-def quantized_merge_refused(dtype: int, depthwise: bool) -> str | None:
-    """Why a quantized model must keep its per-group convs as they are (None:
-    the merged op gives the very same bytes).
-
-    Integer convs are exact up to the final requantization, and there the
-    interpreter's kernels disagree (measured on ai-edge-litert 2.3, see
-    ``tests/test_grouped_conv_runtime.py``): an int8 DEPTHWISE_CONV_2D gives
-    the very bytes of the per-channel CONV_2D it replaces, but the optimized
-    builtin int8 *grouped* CONV_2D rounds some values one step differently from
-    per-group (or dense) CONV_2D, and the legacy uint8 kernels do so for
-    depthwise too. One step per layer compounds over a network, so only the
-    bit-exact rewrite is made.
-    """
-    if dtype == TensorType.UINT8:
-        return "uint8: the interpreter's uint8 CONV_2D and DEPTHWISE_CONV_2D round differently (measured)"
-    if dtype == TensorType.INT8 and not depthwise:
-        return ("int8 grouped CONV_2D: the interpreter's optimized kernel rounds one step differently "
-                "from per-group CONV_2D (measured), and steps compound; left as it is")
-    return None
-
-
 def constant_operand(sg: Subgraph, op: Operator) -> int | None:
     """Index of the one constant operand of a binary op (a constant tensor,
     quantized or not, or a float16 constant behind DEQUANTIZE); None if there

@@ -277,8 +277,8 @@ class Subgraph:
     through :meth:`replace`, :meth:`remove_operator` and
     :meth:`append_operator`, which keep a producer/consumer index current so
     that a pass with thousands of rewrites stays linear. (Removal empties a
-    slot in O(1); the list is compacted, once, the next time someone reads
-    ``operators``.)
+    slot in O(1), a rewrite into several ops puts them in one slot; the list
+    is compacted, once, the next time someone reads ``operators``.)
     """
 
     def __init__(self, tensors: list[Tensor] | None = None, inputs: list[Tensor] | None = None,
@@ -354,6 +354,8 @@ class Subgraph:
         old = set(old_ops)
         news = [new_ops] if isinstance(new_ops, Operator) else list(new_ops)
         idx = self.uses
+        if any(type(self._ops[idx.position[op]]) is list for op in old):
+            self._compact()  # an op of an earlier several-op rewrite: give each its own slot first
         position = idx.position
         last = max(position[op] for op in old)
         for op in old:
@@ -362,26 +364,35 @@ class Subgraph:
         self._holes += len(old) - 1
         if len(news) == 1:
             self._ops[last] = news[0]
-            idx.add(news[0], last)
         else:
-            # Rare path (a rewrite into several ops): insert, then renumber.
-            self._ops[last:last + 1] = news
-            for op in news:
-                idx.add(op, last)
-            self._compact()
+            # Several new ops share the one slot, in order, until the next
+            # compaction gives each its own: no list insertion, so a pass that
+            # rewrites one op into two thousands of times stays linear.
+            self._ops[last] = news
+            self._holes += 1
+        for op in news:
+            idx.add(op, last)
 
     def remove_operator(self, op: Operator) -> None:
         idx = self.uses
+        if type(self._ops[idx.position[op]]) is list:
+            self._compact()
         self._ops[idx.position[op]] = None
         idx.remove(op)
         self._holes += 1
 
     def _compact(self) -> None:
-        """Drop emptied slots and renumber positions."""
-        self._ops = [op for op in self._ops if op is not None]
+        """Drop emptied slots, give shared slots' ops their own, renumber."""
+        ops: list[Operator] = []
+        for x in self._ops:
+            if type(x) is list:
+                ops.extend(x)
+            elif x is not None:
+                ops.append(x)
+        self._ops = ops
         self._holes = 0
         if self._index is not None:
-            self._index.position = {op: i for i, op in enumerate(self._ops)}
+            self._index.position = {op: i for i, op in enumerate(ops)}
 
     def referenced_tensors(self) -> set[Tensor]:
         refs: set[Tensor] = set(self.inputs) | set(self.outputs)
@@ -414,7 +425,10 @@ class _UseIndex:
         self.consumers: dict[Tensor, dict[Operator, None]] = {}
         self.position: dict[Operator, int] = {}
         for i, op in enumerate(ops):
-            if op is not None:
+            if type(op) is list:  # ops sharing a slot (see Subgraph.replace)
+                for o in op:
+                    self.add(o, i)
+            elif op is not None:
                 self.add(op, i)
 
     def add(self, op: Operator, position: int) -> None:

@@ -92,7 +92,8 @@ def verification_lines(v: dict[str, Any], verbose: bool) -> list[str]:
     bound the closest element used (the max relative error alone misleads:
     an element near zero inflates it while atol carries it)."""
     status = "PASS" if v["ok"] else "FAIL"
-    kernels = {"builtin": "built-in", "xnnpack": "XNNPACK", "micro": "TFLite Micro"}.get(v["kernels"], v["kernels"])
+    kernels = {"builtin": "built-in", "xnnpack": "XNNPACK", "micro": "TFLite Micro",
+               "reference": "LiteRT reference"}.get(v["kernels"], v["kernels"])
     lines = [f"  verification: {status} on {v['runs']} run(s), {len(v['outputs'])} output(s), {kernels} kernels: "
              f"max |a-b| {v['max_abs_error']:.3g}, the closest element at {_share(v['bound_used'])} of its bound "
              f"atol + rtol x |a| (atol {v['atol']:g}, rtol {v['rtol']:g})"]

@@ -119,10 +119,15 @@ class Verification:
 ModelRef = "str | os.PathLike | bytes"
 
 
-def _interpreter(model, xnnpack: bool, num_threads: int | None):
+def _interpreter(model, kernels: str, num_threads: int | None):
+    """LiteRT's interpreter with the ``kernels`` asked for: "xnnpack" (the
+    delegate, built-in kernels for what it does not take), "builtin" (the
+    optimized built-in kernels alone) or "reference" (the reference kernels,
+    whose arithmetic TFLite Micro's kernels share)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    resolver = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                "reference": OpResolverType.BUILTIN_REF}[kernels]
     kwargs: dict[str, Any] = {"experimental_op_resolver_type": resolver, "num_threads": num_threads}
     with _quiet_stderr():
         if isinstance(model, (str, os.PathLike)):
@@ -230,7 +235,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 CPU_KERNELS = ("builtin", "xnnpack")
-KERNEL_NAMES = {"builtin": "built-in kernels", "xnnpack": "XNNPACK kernels", "micro": "TFLite Micro kernels"}
+KERNEL_NAMES = {"builtin": "built-in kernels", "xnnpack": "XNNPACK kernels", "micro": "TFLite Micro kernels",
+                "reference": "LiteRT reference kernels"}
 
 
 class _OriginalDoesNotRun(Exception):
@@ -267,6 +273,8 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
 
 def _verify_cpu(original, candidate, kernels: str, check: dict) -> Verification:
     order = [kernels] + [k for k in CPU_KERNELS if k != kernels]
+    if kernels == "reference":
+        order = ["reference", "builtin"]
     refused: list[tuple[str, str]] = []
     for k in order:
         try:
@@ -311,12 +319,14 @@ def _verify_micro(original, candidate, check: dict) -> Verification:
     try:
         result = _verify_with("micro", original, candidate, **check)
     except _OriginalDoesNotRun as e:
-        result = _verify_cpu(original, candidate, "builtin", check)
+        # LiteRT's reference kernels do TFLM's arithmetic (TFLM's kernels come
+        # from them): the closest stand-in for TFLM running the original.
+        result = _verify_cpu(original, candidate, "reference", check)
         result.micro = {"original_loads": False, "original_error": e.what, "arena_bytes_before": None,
                         "arena_bytes_after": fused[0].arena_bytes}
         # The main subgraph in both runtimes (TFLM has no signature runner):
         # inputs and outputs in the subgraph's order.
-        litert = [_Runnable(_interpreter(candidate, result.kernels == "xnnpack", check["num_threads"]), None)]
+        litert = [_Runnable(_interpreter(candidate, result.kernels, check["num_threads"]), None)]
         agree = _verify_runnables(litert, fused, dataclasses.replace(result, outputs=[], message="", ok=True, runs=0),
                                   by_position=True, **check)
         result.micro["agreement_max_abs_error"] = agree.max_abs_error
@@ -337,7 +347,7 @@ def _load(model, kernels: str, num_threads: int | None) -> list:
         from . import micro
 
         return micro.runnables(model)
-    return _runnables(_interpreter(model, kernels == "xnnpack", num_threads))
+    return _runnables(_interpreter(model, kernels, num_threads))
 
 
 def _verify_with(kernels: str, original, candidate, *, num_threads, progress, **check) -> Verification:

@@ -4,9 +4,11 @@ Order matters once, and the fixed-point loop in :mod:`tflite_fuser.pipeline`
 takes care of the rest: input-side and output-side affine folds come before
 activation fusion (an activation can only be fused once the MUL/ADD between it
 and the conv are gone), and all of them come before the split-conv pass, whose
-branches must each be a single conv with its activation fused. The
-block-diagonal pass runs last because the split pass may produce dense convs it
-can still narrow.
+branches must each be a single conv with its activation fused. The affine after
+a concatenation goes into its branches only after the split pass had its
+chance to merge them (where the target keeps them split). The block-diagonal
+pass runs last because the split pass may produce dense convs it can still
+narrow.
 
 The registry is explicit: a pass is added here, by import, and a misspelt
 module is an import error, not a pass that silently never runs.
@@ -15,21 +17,28 @@ module is an import error, not a pass that silently never runs.
 from __future__ import annotations
 
 from .base import FusionPass, Match, PassContext, Skip
+from .dequantize_weights import DequantizeWeights
 from .fold_affine import FoldAffine
+from .fold_concat_affine import FoldConcatAffine
 from .fold_input_affine import FoldInputAffine
 from .fold_pad import FoldPadIntoConv
 from .fuse_activation import FuseActivation
 from .fuse_split_conv import FuseSplitConv
+from .lower_relu_0_to_1 import LowerRelu0To1
 from .narrow_block_diagonal import NarrowBlockDiagonalConv
 from ..options import PassOptions
 
 #: every pass, in the order it runs
 PASS_CLASSES: list[type[FusionPass]] = [
+    # What the target cannot run at all, first: later folds then work in the form it runs.
+    DequantizeWeights,
+    LowerRelu0To1,
     FoldPadIntoConv,
     FoldInputAffine,
     FoldAffine,
     FuseActivation,
     FuseSplitConv,
+    FoldConcatAffine,
     NarrowBlockDiagonalConv,
 ]
 

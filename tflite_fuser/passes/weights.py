@@ -182,14 +182,21 @@ class WeightStore:
         arr = np.asarray(values, np.float32) if dtype == TensorType.FLOAT32 else np.asarray(values)
         return model.new_constant(sg, name, arr, dtype, quantization)
 
-    def commit(self, new_ops: Operator | list[Operator]) -> None:
+    def commit(self, new_ops: Operator | list[Operator], in_place: list[tuple[Operator, Operator]] = ()) -> None:
         """Replace the pattern by ``new_ops``, DEQUANTIZE ops placed as the
-        class docstring says."""
+        class docstring says. ``in_place`` pairs ``(old op, new op)`` of the
+        pattern swap one op for another in its own slot (linear: no list
+        insertion), when no new DEQUANTIZE must come before them."""
         sg = self.sg
         news = [new_ops] if isinstance(new_ops, Operator) else list(new_ops)
         for olds, deq in self._slot:
             sg.replace(olds, deq)
-        sg.replace(self.pattern, self._before + news)
+        if self._before and in_place:  # a DEQUANTIZE they read must come first: all in one slot
+            news = [new for _, new in in_place] + news
+            in_place = ()
+        for old, new in in_place:
+            sg.replace([old], new)
+        sg.replace(self.pattern - {old for old, _ in in_place}, self._before + news)
         for d in dict.fromkeys(self._drop):
             if sg.contains(d):
                 sg.remove_operator(d)

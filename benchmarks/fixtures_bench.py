@@ -1,16 +1,23 @@
-"""What fusion gives back on the fixture corpus: ops and interpreter latency
-before / after / ideal, for every fixture that has an ideal counterpart.
+"""What fusion gives back on the fixture corpus, per target, and a check of the
+target table against it.
 
-For each fixture (``fixtures/manifest.json``) this runs the fuser in a fresh
-process (tool time, peak memory, max verifier error), then times the
-interpreter on the original, the fused model and the ideal one (the same
-network written fused for the TF converter): medians over ``--invokes``
-invokes after warm-up, single-threaded, round-robin across the three models so
-that machine noise hits all three alike; with the built-in kernels (no delegate) and with
-the XNNPACK delegate. It prints a table, writes it as JSON and renders a bar
-chart of the speedups (matplotlib, from the ``fixtures`` extra).
+For each fixture (``fixtures/manifest.json``) the fuser runs in a fresh
+process once per CPU target (``--target xnnpack`` and ``--target builtin``:
+tool time, peak memory, verification). Then, on each kernel set (the built-in
+kernels, no delegate; the XNNPACK delegate), the original, both fused models
+and the ideal (the same network written fused for TF's converter, where there
+is one) are timed in alternation, round after round, single-threaded; each
+figure is the median of per-round ratios against the original (a single
+timing on this shared machine swings 2x; alternating puts every model under
+the same weather).
 
-    python -m benchmarks.fixtures_bench [--only naive/mobilenetv2 ...] [--invokes 50]
+The target table (``tflite_fuser/targets.py``) is checked against what is
+measured: on each target's own kernels its fused model must be no more than
+2% slower than the other target's (where the two differ), and no slower than
+the original. A violation prints ``TABLE CHECK FAILED`` and the script exits
+with status 1.
+
+    python -m benchmarks.fixtures_bench [--only naive/mobilenetv2 ...] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -30,91 +37,109 @@ from benchmarks.measure import PEAK, run
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 OUT = ROOT / "bench-out"
+TARGETS = ("xnnpack", "builtin")
+#: slower than this on a target's own kernels fails the check
+TOLERANCE = 1.02
 
 
-def latency_ms(paths: list[Path], xnnpack: bool, invokes: int, rounds: int = 5) -> list[float]:
-    """Median ms per invoke for each model, measured round-robin."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+def speedups(paths: list[Path], kernels: str, rounds: int) -> tuple[list[float], list[float]]:
+    """(ms per invoke, median per-round speedup over ``paths[0]``) for each model,
+    timed in alternation on ``kernels``."""
+    from tflite_fuser.bench import MIN_BATCH_SECONDS, _invoker
 
-    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    rng = np.random.default_rng(0)
-    interps = []
-    for p in paths:
-        it = Interpreter(model_path=str(p), num_threads=1, experimental_op_resolver_type=resolver)
-        it.allocate_tensors()
-        for d in it.get_input_details():
-            dt = np.dtype(d["dtype"])
-            x = (rng.uniform(-1, 1, d["shape"]).astype(dt) if dt.kind == "f"
-                 else rng.integers(-128, 127, d["shape"]).astype(dt))
-            it.set_tensor(d["index"], x)
-        for _ in range(5):  # warm-up
-            it.invoke()
-        interps.append(it)
-    samples: list[list[float]] = [[] for _ in paths]
-    per_round = max(1, invokes // rounds)
-    for _ in range(rounds):
-        for i, it in enumerate(interps):
-            for _ in range(per_round):
-                t = time.perf_counter()
-                it.invoke()
-                samples[i].append((time.perf_counter() - t) * 1e3)
-    return [statistics.median(s) for s in samples]
+    invoke = [_invoker(p, kernels, 1, 0) for p in paths]
+    for f in invoke:
+        f()
+        f()
+    t0 = time.perf_counter()
+    invoke[0]()
+    n = max(1, int(MIN_BATCH_SECONDS / max(time.perf_counter() - t0, 1e-6)))
+    per_round: list[list[float]] = []
+    for r in range(rounds):
+        order = list(range(len(paths)))
+        order = order[r % len(order):] + order[:r % len(order)]
+        times = [0.0] * len(paths)
+        for i in order:
+            t = time.perf_counter()
+            for _ in range(n):
+                invoke[i]()
+            times[i] = (time.perf_counter() - t) / n
+        per_round.append(times)
+    ms = [statistics.median(t[i] for t in per_round) * 1e3 for i in range(len(paths))]
+    ratio = [statistics.median(t[0] / t[i] for t in per_round) for i in range(len(paths))]
+    return ms, ratio
 
 
 FUSE_JOB = """
 from tflite_fuser import fuse
 t = time.perf_counter()
-r = fuse({src!r}, {dst!r}, runs=2)
+r = fuse({src!r}, {dst!r}, runs=2, target={target!r})
+v = r.verification
 _report(time.perf_counter() - t, peak_bytes=_peak(), ok=r.ok, ops=r.report["output"]["operators"],
-        max_abs=r.verification.max_abs_error, max_rel=r.verification.max_rel_error,
-        op_counts=r.report["output"]["op_counts"])
+        max_abs=v.max_abs_error if v else 0.0, kernels=v.kernels if v else None,
+        op_counts=r.report["output"]["op_counts"], nothing=r.report["nothing_to_fuse"])
 """
 
 
-def bench_fixture(entry: dict, tmp: Path, invokes: int) -> dict:
+def bench_fixture(entry: dict, tmp: Path, rounds: int) -> dict:
     src = FIXTURES / entry["file"]
-    ideal = FIXTURES / entry["ideal"]
-    dst = tmp / (entry["name"].replace("/", "_") + ".fused.tflite")
-    job = run(PEAK + FUSE_JOB.format(src=str(src), dst=str(dst)))
-    from tflite_fuser import load
+    row = {"fixture": entry["name"], "route": entry["route"], "ops_before": entry["num_operators"]}
+    paths = [src]
+    for target in TARGETS:
+        dst = tmp / f"{entry['name'].replace('/', '_')}.{target}.tflite"
+        job = run(PEAK + FUSE_JOB.format(src=str(src), dst=str(dst), target=target))
+        row[target] = {"ops_after": job.extra["ops"], "op_types_after": job.extra["op_counts"],
+                       "verified": job.extra["ok"], "verified_on": job.extra["kernels"],
+                       "max_abs_error": job.extra["max_abs"], "tool_seconds": job.seconds,
+                       "tool_peak_mb": job.peak_bytes / 1e6}
+        paths.append(dst)
+    row["same_for_both_targets"] = paths[1].read_bytes() == paths[2].read_bytes()
+    if entry.get("ideal"):
+        from tflite_fuser import load
 
-    ideal_model = load(ideal)
-    row = {
-        "fixture": entry["name"],
-        "route": entry["route"],
-        "ops_before": entry["num_operators"],
-        "ops_after": job.extra["ops"],
-        "ops_ideal": ideal_model.num_operators(),
-        "op_types_after": job.extra["op_counts"],
-        "op_types_ideal": ideal_model.op_counts(),
-        "verified": job.extra["ok"],
-        "max_abs_error": job.extra["max_abs"],
-        "max_rel_error": job.extra["max_rel"],
-        "tool_seconds": job.seconds,
-        "tool_peak_mb": job.peak_bytes / 1e6,
-    }
-    for kernels, xnn in (("builtin", False), ("xnnpack", True)):
-        b, a, i = latency_ms([src, dst, ideal], xnn, invokes)
-        row[kernels] = {"before_ms": b, "after_ms": a, "ideal_ms": i,
-                        "speedup": b / a, "after_over_ideal": a / i}
+        row["ops_ideal"] = load(FIXTURES / entry["ideal"]).num_operators()
+        paths.append(FIXTURES / entry["ideal"])
+    for kernels in TARGETS:
+        ms, ratio = speedups(paths, kernels, rounds)
+        row[f"on_{kernels}"] = {"before_ms": ms[0],
+                                **{f"{t}_ms": ms[1 + i] for i, t in enumerate(TARGETS)},
+                                **{f"{t}_speedup": ratio[1 + i] for i, t in enumerate(TARGETS)}}
+        if entry.get("ideal"):
+            row[f"on_{kernels}"].update(ideal_ms=ms[-1], ideal_speedup=ratio[-1])
     return row
+
+
+def check_table(rows: list[dict]) -> list[str]:
+    """What the measurements say against the target table (empty: it holds)."""
+    failures = []
+    for r in rows:
+        for target in TARGETS:
+            m = r[f"on_{target}"]
+            other = next(t for t in TARGETS if t != target)
+            mine, theirs = m[f"{target}_speedup"], m[f"{other}_speedup"]
+            if mine < 1 / TOLERANCE:
+                failures.append(f"{r['fixture']}: fused for {target}, it is {1 / mine:.3f}x slower than the original "
+                                f"on the {target} kernels")
+            if not r["same_for_both_targets"] and mine * TOLERANCE < theirs:
+                failures.append(f"{r['fixture']}: on the {target} kernels the {target} target's choice runs "
+                                f"{theirs / mine:.3f}x slower than the {other} target's")
+    return failures
 
 
 def print_table(rows: list[dict]) -> None:
     w = max(len(r["fixture"]) for r in rows)
-    print(f"{'fixture':<{w}} {'ops before/after/ideal':>22}  {'builtin ms before/after/ideal':>30} "
-          f"{'speedup':>7} {'a/ideal':>7}  {'xnnpack ms before/after/ideal':>30} {'speedup':>7} "
-          f"{'a/ideal':>7}  {'tool s':>6} {'peak MB':>7} {'max abs err':>11}")
+    print(f"{'fixture':<{w}} {'ops before/xnnpack/builtin/ideal':>32}  "
+          f"{'on XNNPACK: speedup xnnpack/builtin/ideal':>42}  {'on built-in: speedup xnnpack/builtin/ideal':>43}")
     for r in rows:
-        ops = f"{r['ops_before']}/{r['ops_after']}/{r['ops_ideal']}"
+        ideal = r.get("ops_ideal", "-")
+        ops = f"{r['ops_before']}/{r['xnnpack']['ops_after']}/{r['builtin']['ops_after']}/{ideal}"
         cells = []
-        for k in ("builtin", "xnnpack"):
-            x = r[k]
-            ms = f"{x['before_ms']:.3f}/{x['after_ms']:.3f}/{x['ideal_ms']:.3f}"
-            cells.append(f"{ms:>30} {x['speedup']:>6.2f}x {x['after_over_ideal']:>6.2f}x")
-        flag = "" if r["ops_after"] == r["ops_ideal"] else "  (op count != ideal)"
-        print(f"{r['fixture']:<{w}} {ops:>22}  {cells[0]}  {cells[1]}  {r['tool_seconds']:>6.2f} "
-              f"{r['tool_peak_mb']:>7.0f} {r['max_abs_error']:>11.2e}{flag}")
+        for k in TARGETS:
+            m = r[f"on_{k}"]
+            ideal_s = f"{m['ideal_speedup']:.2f}x" if "ideal_speedup" in m else "-"
+            cells.append(f"{m['xnnpack_speedup']:.2f}x / {m['builtin_speedup']:.2f}x / {ideal_s}"
+                         f" ({m['before_ms']:.3g} ms)")
+        print(f"{r['fixture']:<{w}} {ops:>32}  {cells[0]:>42}  {cells[1]:>43}")
 
 
 def chart(rows: list[dict], path: Path) -> None:
@@ -126,13 +151,15 @@ def chart(rows: list[dict], path: Path) -> None:
     names = [r["fixture"] for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.5))
-    ax.barh(y - 0.2, [r["builtin"]["speedup"] for r in rows], 0.4, label="built-in kernels (no delegate)")
-    ax.barh(y + 0.2, [r["xnnpack"]["speedup"] for r in rows], 0.4, label="XNNPACK")
+    ax.barh(y - 0.2, [r["on_builtin"]["builtin_speedup"] for r in rows], 0.4,
+            label="--target builtin, on the built-in kernels")
+    ax.barh(y + 0.2, [r["on_xnnpack"]["xnnpack_speedup"] for r in rows], 0.4,
+            label="--target xnnpack, on XNNPACK")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(y, names, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("interpreter latency before / after fusion (log scale; >1 = faster)")
-    ax.set_title("tflite-fuse speedup per fixture (single thread, medians)")
+    ax.set_title("tflite-fuse speedup per fixture and target (single thread, median of alternating rounds)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -141,15 +168,16 @@ def chart(rows: list[dict], path: Path) -> None:
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="*", help="fixture names (as in the manifest)")
-    p.add_argument("--routes", default="tf,naive,litert_torch,quant",
-                   help="comma-separated routes to include (default: all with an ideal)")
-    p.add_argument("--invokes", type=int, default=50, help="timed invokes per model and kernel set")
+    p.add_argument("--routes", default="tf,naive,litert_torch,onnx2tf,quant",
+                   help="comma-separated routes to include")
+    p.add_argument("--rounds", type=int, default=9, help="alternating timing rounds per kernel set")
     p.add_argument("--out", default=str(OUT), help="where the JSON and the chart go")
     args = p.parse_args(argv)
     manifest = json.loads((FIXTURES / "manifest.json").read_text())
     routes = set(args.routes.split(","))
     entries = [e for e in manifest["fixtures"]
-               if e.get("ideal") and e.get("committed", True) and e["route"] in routes
+               if e.get("committed", True) and e.get("runs_in_litert", True) and e["route"] in routes
+               and "float16 activations" not in e.get("note", "")  # the built-in kernels do not run them
                and (not args.only or e["name"] in args.only)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,14 +185,20 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for n, e in enumerate(entries, 1):
             print(f"[{n}/{len(entries)}] {e['name']}", file=sys.stderr)
-            rows.append(bench_fixture(e, Path(tmp), args.invokes))
+            rows.append(bench_fixture(e, Path(tmp), args.rounds))
     print_table(rows)
-    (out / "fixtures_bench.json").write_text(json.dumps(rows, indent=2))
+    failures = check_table(rows)
+    (out / "fixtures_bench.json").write_text(json.dumps({"rows": rows, "table_check": failures}, indent=2))
     try:
         chart(rows, out / "fixtures_speedup.png")
         print(f"wrote {out / 'fixtures_bench.json'} and {out / 'fixtures_speedup.png'}")
     except ImportError:
         print(f"wrote {out / 'fixtures_bench.json'} (no chart: matplotlib is in the 'fixtures' extra)")
+    for f in failures:
+        print(f"TABLE CHECK FAILED: {f}")
+    if failures:
+        sys.exit(1)
+    print(f"target table holds on {len(rows)} fixtures (tolerance {TOLERANCE:.2f}x)")
     return rows
 
 

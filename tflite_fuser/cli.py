@@ -101,6 +101,12 @@ def _fuse_parser() -> argparse.ArgumentParser:
                         "runs in a child process, so a crash or hang there cannot take the tool down")
     v.add_argument("--force", action="store_true",
                    help="write the output even if verification fails (exit code stays 1)")
+    b = p.add_argument_group("speed")
+    b.add_argument("--bench", action="store_true",
+                   help="time the original and the fused model, alternating, on the target's kernels and the "
+                        "other CPU kernel set; print the speedups (median of per-round ratios)")
+    b.add_argument("--bench-rounds", type=int, default=7, metavar="N", help="alternating rounds (default 7)")
+    b.add_argument("--bench-threads", type=int, default=1, metavar="N", help="interpreter threads (default 1)")
     o = p.add_argument_group("output")
     o.add_argument("--in-place", action="store_true",
                    help="replace IN with the fused model, keeping the original as IN.orig (or IN.orig.1, "
@@ -224,7 +230,8 @@ def options_from(args: argparse.Namespace) -> FuseOptions:
     passes = args.passes if args.passes in ("all", "none") else _csv(args.passes)
     return FuseOptions(
         passes=passes, disable=_csv(args.disable), force=args.force, in_place=args.in_place,
-        backup=not args.no_backup,
+        backup=not args.no_backup, bench=args.bench, bench_rounds=args.bench_rounds,
+        bench_threads=args.bench_threads,
         pass_options=PassOptions(fp16_weights=args.fp16_weights, target=args.target,
                                  grouped_conv=not args.no_grouped_conv),
         verify=VerifyOptions(enabled=not args.no_verify, atol=args.atol, rtol=args.rtol, range_atol=args.range_atol,

@@ -110,6 +110,11 @@ class FuseOptions:
     backup: bool = True
     #: None keeps the source's buffer form; True/False force external/inline buffers
     external_buffers: bool | None = None
+    #: time original and fused model (bench.py): on the target's kernels and
+    #: the other CPU kernel set, this many alternating rounds, this many threads
+    bench: bool = False
+    bench_rounds: int = 7
+    bench_threads: int = 1
 
     #: the library's keyword names that are not field names of these classes
     ALIASES = {"verify_output": ("verify", "enabled"), "verify_timeout": ("verify", "timeout")}

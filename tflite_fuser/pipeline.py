@@ -27,7 +27,8 @@ from .pagecache import WeightPages
 from .passes import PassContext, select
 from .reader import Source, load_bytes, parse
 from .report import REPORT_VERSION, model_stats
-from .sandbox import verify_isolated
+from .bench import kernels_for, measure
+from .sandbox import bench_isolated, verify_isolated
 from .validate import unsorted_subgraphs, validate
 from .verifier import Verification, verify
 from .writer import Chunks, serialize
@@ -198,6 +199,11 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
                                    check, say)
         t_verify = time.perf_counter()
         ok = verification is None or verification.ok
+        bench = None
+        if opts.bench and ok and not nothing_to_fuse:
+            say("benchmarking")
+            bench = _bench(src if is_path else bytes(buf), tmp if tmp is not None else chunks.tobytes(), opts,
+                           target, check, say)
         if tmp is not None and (ok or opts.force):
             if opts.in_place and opts.backup:
                 backup_path = free_backup_name(dst_path)
@@ -218,6 +224,7 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
         "skipped": [{"pass": s.pass_name, "subgraph": s.subgraph, "op": s.op, "reason": s.reason}
                     for s in ctx.standing_skips()],
         "verification": verification.to_dict() if verification is not None else None,
+        "bench": bench,
         "notes": notes,
         "nothing_to_fuse": nothing_to_fuse,
         "written": written is not None,
@@ -232,6 +239,18 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
         },
     }
     return FuseResult(model=model, report=report, verification=verification, written=written, _chunks=chunks)
+
+
+def _bench(original, candidate, opts: FuseOptions, target: Target, check: VerifyOptions, say) -> dict:
+    kwargs = {"kernels": kernels_for(target.verify_on), "rounds": opts.bench_rounds,
+              "threads": opts.bench_threads, "seed": check.seed}
+    result = (bench_isolated(original, candidate, kwargs, check.timeout, say) if check.isolate
+              else measure(original, candidate, progress=say, **kwargs))
+    result["target_kernels"] = kwargs["kernels"][0]
+    if target.verify_on == "gpu":
+        result["note"] = ("the GPU accelerator is not timed: without a GPU it runs on SwiftShader, whose timings "
+                          "say nothing of a phone's GPU")
+    return result
 
 
 def _verification_for(check: VerifyOptions, target: Target) -> tuple[VerifyOptions, list[str]]:

@@ -72,6 +72,7 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
         lines.append("  verification: skipped (--no-verify)")
     else:
         lines.extend(verification_lines(v, verbose))
+    lines.extend(bench_lines(report.get("bench")))
     if report["written"]:
         copy = " (a byte-for-byte copy of the input)" if report["nothing_to_fuse"] else ""
         lines.append(f"  wrote {b['path']}{copy}" + (f" (backup {report['backup']})" if report.get("backup") else ""))
@@ -121,6 +122,24 @@ def verification_lines(v: dict[str, Any], verbose: bool) -> list[str]:
                          f"{err} ({o['tolerance']}){overflow}")
     if v["message"]:
         lines.append(f"  {v['message']}")
+    return lines
+
+
+def bench_lines(bench: dict | None) -> list[str]:
+    if not bench:
+        return []
+    if "error" in bench:
+        return [f"  speed: not measured ({bench['error']})"]
+    names = {"builtin": "built-in", "xnnpack": "XNNPACK", "micro": "TFLite Micro"}
+    parts = []
+    for k, r in bench["kernels"].items():
+        who = names.get(k, k) + (" (target)" if k == bench["target_kernels"] else "")
+        parts.append(f"{who} not timed ({r['error']})" if "error" in r else
+                     f"{who} {r['speedup']:.2f}x ({r['before_ms']:.3g} -> {r['after_ms']:.3g} ms)")
+    lines = [f"  speed ({bench['threads']} thread(s), median of {bench['rounds']} alternating rounds): "
+             + "; ".join(parts)]
+    if bench.get("note"):
+        lines.append(f"    note: {bench['note']}")
     return lines
 
 

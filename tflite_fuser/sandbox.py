@@ -68,12 +68,26 @@ def verify_isolated(original, candidate, check: VerifyOptions | None = None, *,
                     progress: Callable[[str], None] | None = None) -> Verification:
     """:func:`verifier.verify` in a child process, with ``check.timeout`` as the time limit."""
     check = check or VerifyOptions()
-    kwargs, timeout = check.check_kwargs(), check.timeout
+    kwargs = check.check_kwargs()
+    return _in_child("verify", original, candidate, kwargs, check.timeout, progress,
+                     lambda stage, what, last_words: _blame(stage, what, kwargs, last_words))
+
+
+def bench_isolated(original, candidate, kwargs: dict, timeout: float | None,
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """:func:`bench.measure` in a child process (the models have been verified
+    by then; a failure here costs the figures, not the run)."""
+    def failed(stage, what, last_words):
+        return {"error": f"the benchmark {what}" + (f" ({last_words})" if last_words else "")}
+    return _in_child("bench", original, candidate, kwargs, timeout, progress, failed)
+
+
+def _in_child(task: str, original, candidate, kwargs: dict, timeout: float | None, progress, on_death):
     if not sys.executable:
         raise BadModelError("cannot start the verifier's child process: this Python has no sys.executable; "
                             "pass isolate=False (or --no-verify)")
-    job = pickle.dumps({"original": _portable(original), "candidate": _portable(candidate), "kwargs": kwargs},
-                       protocol=pickle.HIGHEST_PROTOCOL)
+    job = pickle.dumps({"task": task, "original": _portable(original), "candidate": _portable(candidate),
+                        "kwargs": kwargs}, protocol=pickle.HIGHEST_PROTOCOL)
     start = time.monotonic()
     proc = subprocess.Popen(child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=child_environment(), close_fds=True)
@@ -85,17 +99,17 @@ def verify_isolated(original, candidate, check: VerifyOptions | None = None, *,
             left = None if timeout is None else timeout - (time.monotonic() - start)
             if left is not None and left <= 0:
                 _kill(proc)
-                return _blame(stage, f"took longer than {timeout:g} s", kwargs, "")
+                return on_death(stage, f"took longer than {timeout:g} s", "")
             frame = channel.receive(min(left, 0.5) if left is not None else 0.5)
             if frame is None:
                 if channel.closed:
                     proc.wait()
-                    return _blame(stage, _death(proc.returncode), kwargs, channel.stderr_tail())
+                    return on_death(stage, _death(proc.returncode), channel.stderr_tail())
                 continue
             kind, payload = frame
             if kind == "stage":
                 stage = payload
-                if progress and payload.startswith("verifying"):
+                if progress and (payload.startswith("verifying") or payload.startswith("benchmarking")):
                     progress(payload)
             elif kind == "result":
                 return payload

@@ -1,7 +1,8 @@
 """The verifier's child process: ``python -m tflite_fuser.sandbox_child``.
 
-Reads one pickled job from stdin (the two models as paths or bytes, and the
-keyword arguments of :func:`verifier.verify`), runs it, and writes
+Reads one pickled job from stdin (the task, ``verify`` or ``bench``, the two
+models as paths or bytes, and the keyword arguments of :func:`verifier.verify`
+or :func:`bench.measure`), runs it, and writes
 length-prefixed pickled frames to the stdout it was started with: ``("stage",
 marker)`` as verification moves on, then ``("result", Verification)`` or
 ``("error", exception)``. See :mod:`sandbox` for why this is a module run by a
@@ -24,6 +25,7 @@ def main() -> int:
     sys.stdout = sys.stderr
     job = pickle.loads(sys.stdin.buffer.read())
 
+    from .bench import measure
     from .sandbox import FRAME
     from .verifier import verify
 
@@ -32,7 +34,8 @@ def main() -> int:
         frames.write(FRAME.pack(len(data)) + data)
 
     try:
-        result = verify(job["original"], job["candidate"], progress=lambda m: send("stage", m), **job["kwargs"])
+        task = verify if job.get("task", "verify") == "verify" else measure
+        result = task(job["original"], job["candidate"], progress=lambda m: send("stage", m), **job["kwargs"])
         send("result", result)
     except Exception as e:  # re-raised in the parent, which knows how to report it
         try:

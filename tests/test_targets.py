@@ -143,3 +143,18 @@ def test_without_tflite_micro_the_micro_target_says_verification_did_not_run_the
     assert r.verification.kernels == "builtin"
     assert any("TFLite Micro verification was not run" in n and "tflite-fuse[micro]" in n
                for n in r.verification.notes)
+
+
+@pytest.mark.parametrize("target,first", [("xnnpack", "xnnpack"), ("builtin", "builtin")])
+def test_bench_times_the_targets_kernels_and_the_other_cpu_set(target, first, tmp_path, capsys):
+    src = tmp_path / "m.tflite"
+    src.write_bytes(_fixture("tf/net3"))
+    assert main([str(src), str(tmp_path / "o.tflite"), "--target", target, "--bench", "--bench-rounds", "3",
+                 "--report", str(tmp_path / "r.json")]) == 0
+    bench = json.loads((tmp_path / "r.json").read_text())["bench"]
+    assert bench["target_kernels"] == first and list(bench["kernels"])[0] == first
+    assert set(bench["kernels"]) == {"xnnpack", "builtin"} and bench["rounds"] == 3
+    for r in bench["kernels"].values():
+        assert r["before_ms"] > 0 and r["after_ms"] > 0 and r["speedup"] > 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("speed ("))
+    assert "(target)" in line and "x (" in line

@@ -158,3 +158,14 @@ def test_bench_times_the_targets_kernels_and_the_other_cpu_set(target, first, tm
         assert r["before_ms"] > 0 and r["after_ms"] > 0 and r["speedup"] > 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("speed ("))
     assert "(target)" in line and "x (" in line
+
+
+def test_folding_into_branches_that_share_a_float16_bias_adds_no_dequantize():
+    """TF's float16 ResNeXt: the 32 branch convs of a block share one zero
+    bias behind one DEQUANTIZE. Their new biases differ per branch; stored
+    float32 (smaller than float16 behind new DEQUANTIZE ops), the model
+    shrinks instead of growing 88 DEQUANTIZEs."""
+    r = fuse_and_check(_fixture("quant/resnext_fp16"), target="builtin")
+    before = r.report["input"]["op_counts"]
+    assert op_counts(r)["DEQUANTIZE"] <= before["DEQUANTIZE"]
+    assert r.report["output"]["operators"] < r.report["input"]["operators"]

@@ -129,11 +129,20 @@ class WeightStore:
         self._slot: list[tuple[list[Operator], Operator]] = []  # (private old DEQUANTIZEs, new one)
         self._before: list[Operator] = []
         self._drop: list[Operator] = []
+        self._claimed: set[Operator] = set()  # old DEQUANTIZEs an earlier add already replaces or drops
 
-    def storage_dtype(self, like: Weight | None) -> np.dtype:
+    def storage_dtype(self, like: Weight | None, ndim: int = 4) -> np.dtype:
         if like is not None:
             if like.dequantize is not None:
-                return _F32 if self.fp16_as_float32 else _F16
+                if self.fp16_as_float32:
+                    return _F32
+                # A new vector of a float16 weight that several ops share (one
+                # bias for 32 branches, say): each reader gets its own, and a
+                # float32 constant is smaller than a float16 one behind a
+                # DEQUANTIZE op of its own.
+                if ndim <= 1 and len(self.sg.consumers(like.tensor)) > 1:
+                    return _F32
+                return _F16
             if like.stored.dtype == TensorType.FLOAT16:
                 return _F16  # a float16-activation model: float16 constants, read directly
         return _F32
@@ -142,7 +151,7 @@ class WeightStore:
         """Folded ``values`` (float64) rounded once for storage where ``like``
         was stored; FoldError when not finite, too large, or (float16 without
         re-rounding allowed) not exactly representable."""
-        dt = self.storage_dtype(like)
+        dt = self.storage_dtype(like, np.ndim(values))
         if dt is _F32:
             return round_once(values, dt, what)
         out = round_once(values, dt, what, exact=not self.fp16_reround)
@@ -163,7 +172,7 @@ class WeightStore:
         likes = like if isinstance(like, list) else [like] if like is not None else []
         behind = [w for w in likes if w.behind_dequantize]
         private = self._private(behind)
-        if behind and not self.fp16_as_float32:
+        if behind and not self.fp16_as_float32 and np.asarray(values).dtype == np.float16:
             src = model.new_constant(sg, f"{name}_fp16", np.asarray(values, np.float16), TensorType.FLOAT16)
             first = behind[0]
             if len(likes) == 1 and private and list(first.tensor.shape) == list(values.shape):
@@ -175,8 +184,10 @@ class WeightStore:
                 self._slot.append((private, deq))
             else:
                 self._before.append(deq)
+            self._claimed.update(private)
             return out
         self._drop.extend(private)  # stored as float32 now: nothing reads them any more
+        self._claimed.update(private)
         if dtype is None:
             dtype = likes[0].stored.dtype if likes and not likes[0].behind_dequantize else TensorType.FLOAT32
         arr = np.asarray(values, np.float32) if dtype == TensorType.FLOAT32 else np.asarray(values)
@@ -208,7 +219,7 @@ class WeightStore:
         for w in weights:
             d = w.dequantize
             out = d.outputs[0]
-            if d not in found and not self.model.is_observed(self.sg, out) \
+            if d not in found and d not in self._claimed and not self.model.is_observed(self.sg, out) \
                     and all(u in self.pattern for u in self.sg.consumers(out)):
                 found.append(d)
         return found

@@ -122,17 +122,6 @@ def test_unreadable_inputs_npz(tmp_path, capsys):
     assert not (tmp_path / "out.tflite").exists()
 
 
-def test_model_the_interpreter_cannot_run_says_use_no_verify(tmp_path, capsys):
-    src = tmp_path / "in.tflite"
-    src.write_bytes(models.custom_op_and_sparsity(models.conv_bn_relu))
-    rc, _, err = _run(capsys, [str(src), str(tmp_path / "out.tflite")])
-    assert rc == 2
-    _assert_one_error_line(err, "--no-verify")
-    assert not (tmp_path / "out.tflite").exists()
-    rc, _, _ = _run(capsys, [str(src), str(tmp_path / "out.tflite"), "--no-verify"])
-    assert rc == 0 and (tmp_path / "out.tflite").exists()
-
-
 def test_every_truncation_of_a_real_model_is_rejected_cleanly():
     """Cutting the file at any byte gives BadModelError (or, rarely, a model
     that still parses and validates) - never another exception."""

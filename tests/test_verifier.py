@@ -96,14 +96,28 @@ def test_a_model_only_xnnpack_can_run_is_verified_with_xnnpack(tmp_path, capsys)
     assert json.loads(report.read_text())["output"]["op_counts"].get("SPLIT", 0) == 0
 
 
-def test_a_model_no_kernel_set_runs_exits_2_naming_both(tmp_path, capsys):
+def test_a_model_no_kernel_set_runs_is_left_as_it_is_naming_why(tmp_path, capsys):
     """onnx2tf's float16 ResNeXt in split form: 32-way float16 SPLITs, which
-    XNNPACK does not take and the built-in kernels refuse."""
+    XNNPACK does not take and the built-in kernels refuse. Neither the whole
+    model nor the regions run, so no rewrite is proved: each is reverted
+    with the reason, and the output is the input."""
     from conftest import FIXTURES
     from tflite_fuser.cli import main
 
-    rc = main([str(FIXTURES / "onnx2tf" / "resnext_dgc_fp16.tflite"), str(tmp_path / "out.tflite")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1
-    assert "built-in kernels:" in err[0] and "XNNPACK kernels:" in err[0] and "--no-verify" in err[0]
-    assert not (tmp_path / "out.tflite").exists()
+    src = FIXTURES / "onnx2tf" / "resnext_dgc_fp16.tflite"
+    rc = main([str(src), str(tmp_path / "out.tflite")])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert rc == 0 and len(err) == 3 and all(line.startswith("tflite-fuse: warning: reverted") for line in err)
+    assert all("unproved" in line and "built-in kernels:" in line and "XNNPACK kernels:" in line for line in err)
+    assert "nothing left to fuse: every rewrite was reverted" in captured.out
+    assert (tmp_path / "out.tflite").read_bytes() == src.read_bytes()
+
+
+def test_without_region_proofs_a_model_no_kernel_set_runs_is_bad_input():
+    """The library's regions=False: the whole-model proof alone, which cannot be made."""
+    from conftest import FIXTURES
+    from tflite_fuser import BadModelError, fuse
+
+    with pytest.raises(BadModelError, match="XNNPACK kernels:.*built-in kernels:.*--no-verify"):
+        fuse(str(FIXTURES / "onnx2tf" / "resnext_dgc_fp16.tflite"), regions=False)

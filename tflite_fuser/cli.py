@@ -13,7 +13,7 @@ from . import __version__
 from .errors import FuseError, UsageError
 from .passes import PASS_CLASSES
 from .options import (DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_RUNS, DEFAULT_TIMEOUT, FP16_MODES, KERNEL_SETS,
-                      FuseOptions, PassOptions, VerifyOptions)
+                      MEMORY_FRACTION, FuseOptions, PassOptions, VerifyOptions)
 from .targets import DEFAULT_TARGET, TARGETS
 from .pipeline import fuse, load
 from .report import render
@@ -27,9 +27,10 @@ EXIT_PIPE_CLOSED = 141
 
 EXIT_CODES = f"""\
 exit codes:
-  {EXIT_OK}  the model was fused (or left as it was) and verified
-  {EXIT_VERIFY_FAILED}  verification failed: outputs differ beyond tolerance, nothing written
-     (with --force the output is written anyway, and the exit code is still 1)
+  {EXIT_OK}  the model was fused (or left as it was) and verified; rewrites whose proof
+     failed, if any, were reverted and named in a warning on stderr
+  {EXIT_VERIFY_FAILED}  verification failed and reverting could not fix it (or --strict): nothing
+     written (with --force the output is written anyway, and the exit code is still 1)
   {EXIT_BAD_INPUT}  bad usage or bad input: missing/unreadable/corrupt model, unwritable
      output, output == input without --in-place; nothing written
   {EXIT_INTERNAL}  internal error (a bug in tflite-fuse: please report it with the model)
@@ -49,8 +50,12 @@ def _fuse_parser() -> argparse.ArgumentParser:
             "Fuse what a converter left apart in a TFLite model: batch-norm MUL/ADD and\n"
             "activations back into their convolution, depthwise and grouped convolutions\n"
             "that were lowered into SPLIT + many CONV_2D + CONCATENATION back into one op.\n"
-            "The TFLite interpreter then runs the original and the fused model on the same\n"
-            "inputs and the output is written only if every output matches.\n\n"
+            "Then two proofs: the TFLite interpreter runs the original and the fused model\n"
+            "on the same inputs and every output must match; and every rewrite is cut out\n"
+            "and proved alone, its original ops against its new ones, on the original's own\n"
+            "values there. A rewrite whose proof fails is reverted and the rest written\n"
+            "(--strict: nothing is written). A model the interpreter cannot run whole (a\n"
+            "custom op) is proved region by region.\n\n"
             "Other command:  tflite-fuse inspect MODEL   (op table, inputs, outputs, signatures)"),
         epilog=f"passes, in the order they run (repeated until nothing changes):\n{_pass_list()}\n\n"
                f"{EXIT_CODES}\nexamples:\n"
@@ -101,6 +106,13 @@ def _fuse_parser() -> argparse.ArgumentParser:
                         "runs in a child process, so a crash or hang there cannot take the tool down")
     v.add_argument("--force", action="store_true",
                    help="write the output even if verification fails (exit code stays 1)")
+    v.add_argument("--strict", action="store_true",
+                   help="any failed proof fails the run (exit 1, nothing written) instead of reverting the "
+                        "rewrites that failed and writing the rest")
+    v.add_argument("--verify-memory", default="auto", metavar="SIZE",
+                   help="the most memory the verifier's child may address, e.g. 4G or 512M; 'none' for no limit "
+                        f"(default: {int(MEMORY_FRACTION * 100)}%% of physical memory). A model that makes the "
+                        "interpreter allocate more fails cleanly (exit 2) instead of taking the machine down")
     b = p.add_argument_group("speed")
     b.add_argument("--bench", action="store_true",
                    help="time the original and the fused model, alternating, on the target's kernels and the "
@@ -230,7 +242,7 @@ def options_from(args: argparse.Namespace) -> FuseOptions:
     passes = args.passes if args.passes in ("all", "none") else _csv(args.passes)
     return FuseOptions(
         passes=passes, disable=_csv(args.disable), force=args.force, in_place=args.in_place,
-        backup=not args.no_backup, bench=args.bench, bench_rounds=args.bench_rounds,
+        backup=not args.no_backup, strict=args.strict, bench=args.bench, bench_rounds=args.bench_rounds,
         bench_threads=args.bench_threads,
         pass_options=PassOptions(fp16_weights=args.fp16_weights, target=args.target,
                                  grouped_conv=not args.no_grouped_conv),
@@ -239,7 +251,23 @@ def options_from(args: argparse.Namespace) -> FuseOptions:
                              input_range=_parse_range(args.input_range),
                              input_shapes=_parse_shapes(args.input_shape),
                              kernels=args.verify_on or ("xnnpack" if args.xnnpack else None),
-                             timeout=args.verify_timeout))
+                             timeout=args.verify_timeout, memory_limit=_parse_size(args.verify_memory)))
+
+
+def _parse_size(text: str) -> int | str | None:
+    """``--verify-memory``: "auto", "none", or bytes with an optional K/M/G/T suffix."""
+    t = text.strip().lower()
+    if t in ("auto", "none"):
+        return None if t == "none" else "auto"
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    mult = units.get(t[-1:], 1)
+    try:
+        n = float(t[:-1] if t[-1:] in units else t.rstrip("b") or "x")
+    except ValueError:
+        raise UsageError(f"--verify-memory: {text!r} is not a size (e.g. 4G, 512M, none)") from None
+    if n <= 0:
+        raise UsageError("--verify-memory must be positive (or 'none')")
+    return int(n * mult)
 
 
 def _fuse(args: argparse.Namespace) -> int:
@@ -260,6 +288,9 @@ def _fuse(args: argparse.Namespace) -> int:
         _write_report(args.report, result.report)
     if not args.quiet:
         print(render(result.report, verbose=args.verbose))
+    for r in result.report["reverted"]:  # a warning: the run passed, but not everything asked for was done
+        sys.stdout.flush()
+        print(f"tflite-fuse: warning: reverted {r['pass']}: {r['what']} ({r['error']})", file=sys.stderr)
     if not result.ok:  # on stderr too: a script that keeps only stderr must see it
         sys.stdout.flush()
         print(f"tflite-fuse: verification failed: {result.verification.message}"

@@ -130,6 +130,9 @@ class Tensor:
     #: the tensor was referenced by nothing in the source file; such tensors are
     #: preserved as they were, while tensors orphaned by a rewrite are dropped.
     unreferenced_in_source: bool = False
+    #: its index in its subgraph of the source file (-1: made by a rewrite);
+    #: region proofs read the original's value of a tensor by it
+    source_index: int = -1
 
     @property
     def is_constant(self) -> bool:
@@ -292,6 +295,9 @@ class Subgraph:
         self._ops: list[Operator | None] = list(operators or [])
         self._holes = 0
         self._index: _UseIndex | None = None
+        #: when a list, every edit is recorded in it as (removed ops, added ops):
+        #: how a pass's rewrite is known op for op (region proofs cut it out)
+        self.journal: list[tuple[set, list]] | None = None
 
     def __repr__(self) -> str:
         return f"Subgraph({self.name!r}, {len(self.operators)} operators, {len(self.tensors)} tensors)"
@@ -340,6 +346,8 @@ class Subgraph:
         if self._index is not None:
             self._index.add(op, len(self._ops))
         self._ops.append(op)
+        if self.journal is not None:
+            self.journal.append((set(), [op]))
         return op
 
     def replace(self, old_ops: Iterable[Operator], new_ops: Operator | list[Operator]) -> None:
@@ -353,6 +361,8 @@ class Subgraph:
         """
         old = set(old_ops)
         news = [new_ops] if isinstance(new_ops, Operator) else list(new_ops)
+        if self.journal is not None:
+            self.journal.append((old, news))
         idx = self.uses
         if any(type(self._ops[idx.position[op]]) is list for op in old):
             self._compact()  # an op of an earlier several-op rewrite: give each its own slot first
@@ -374,6 +384,8 @@ class Subgraph:
             idx.add(op, last)
 
     def remove_operator(self, op: Operator) -> None:
+        if self.journal is not None:
+            self.journal.append(({op}, []))
         idx = self.uses
         if type(self._ops[idx.position[op]]) is list:
             self._compact()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -88,11 +89,36 @@ class VerifyOptions:
     #: run in a child process (a crash or hang there cannot take the caller down)
     isolate: bool = True
     timeout: float | None = DEFAULT_TIMEOUT
+    #: the child's address-space limit in bytes (None: none; "auto":
+    #: :data:`MEMORY_FRACTION` of physical memory)
+    memory_limit: int | str | None = "auto"
+    #: prove every rewrite alone too (regions.py), and revert the ones that
+    #: fail; False: the whole-model proof alone decides
+    regions: bool = True
+
+    #: fields that say how to run the proof, not how to compare
+    _RUN_FIELDS = ("enabled", "isolate", "timeout", "memory_limit", "regions")
 
     def check_kwargs(self) -> dict[str, Any]:
         """The comparison settings, as :func:`verifier.verify` takes them."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("enabled", "isolate", "timeout")}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._RUN_FIELDS}
+
+    @property
+    def memory_bytes(self) -> int | None:
+        if self.memory_limit == "auto":
+            return default_memory_limit()
+        return self.memory_limit
+
+
+#: the share of physical memory the verifier's child may address by default
+MEMORY_FRACTION = 0.75
+
+
+def default_memory_limit() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * MEMORY_FRACTION)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not a POSIX system
+        return None
 
 
 @dataclass(frozen=True)
@@ -105,6 +131,9 @@ class FuseOptions:
     verify: VerifyOptions = field(default_factory=VerifyOptions)
     #: write even when verification fails (the exit code stays 1)
     force: bool = False
+    #: any failed proof fails the run (exit 1, nothing written) instead of
+    #: reverting the rewrites that failed and writing the rest
+    strict: bool = False
     in_place: bool = False
     #: with in_place: keep the original as IN.orig (numbered if one exists)
     backup: bool = True

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__
+from . import __version__, proof, regions
 from .atomic import check_destination, commit, discard, free_backup_name, write_temp
 from .errors import UsageError
 from .graph import Model
@@ -25,12 +25,14 @@ from .options import FuseOptions, PassOptions, VerifyOptions
 from .targets import Target
 from .pagecache import WeightPages
 from .passes import PassContext, select
+from .regions import Region
+from .revert import Reverted, recover
 from .reader import Source, load_bytes, parse
 from .report import REPORT_VERSION, model_stats
 from .bench import kernels_for, measure
 from .sandbox import bench_isolated, verify_isolated
 from .validate import unsorted_subgraphs, validate
-from .verifier import Verification, verify
+from .verifier import Verification
 from .writer import Chunks, serialize
 
 #: Verification tolerance (rtol, and atol in units of each output's range)
@@ -106,13 +108,18 @@ def save(model: Model, dst: str | os.PathLike, external: bool | None = None) -> 
 
 def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable: Sequence[str] = (),
                options: PassOptions | None = None, log: Callable[[str], None] | None = None,
-               progress: Callable[[str], None] | None = None) -> tuple[dict[str, int], PassContext]:
-    """Run the selected passes to a fixed point; return rewrites per pass."""
+               progress: Callable[[str], None] | None = None, forbidden: dict | None = None,
+               allowed: frozenset | None = None) -> tuple[dict[str, int], PassContext]:
+    """Run the selected passes to a fixed point; return rewrites per pass.
+
+    ``forbidden`` (``Rewrite.key`` -> why) names rewrites not to make,
+    ``allowed`` the only ones to make (see :mod:`revert`)."""
     try:
         chosen = select(passes, list(disable))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    ctx = PassContext(model, options or PassOptions(), log)
+    ctx = PassContext(model, options or PassOptions(), log, forbidden=forbidden or {}, allowed=allowed)
+    ctx.original_ops = {sg: list(sg.operators) for sg in model.subgraphs}
     pages = WeightPages.install(model)
     counts = {p.name: 0 for p in chosen}
     # Passes assume producers come before consumers: leave other subgraphs alone.
@@ -142,11 +149,15 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *, options: FuseOpti
     ``options`` says everything about the run (:class:`~tflite_fuser.options.FuseOptions`);
     keyword arguments override its fields by name (``runs=1``,
     ``fp16_weights="float32"``, ``verify_output=False``, ``isolate=False`` ...).
-    Nothing is written when verification fails, unless ``force``. Errors the
-    user can fix raise :class:`~tflite_fuser.errors.FuseError` subclasses.
-    Verification runs in a child process (``isolate``) so that a crash or a
-    hang of the C++ interpreter cannot take the caller down; ``isolate=False``
-    saves the child's start-up (~0.3 s) for trusted models.
+    Every rewrite is proved twice (:mod:`proof`): the whole model against the
+    original, and each rewrite alone. A rewrite whose proof fails is reverted
+    and the rest written (``result.report["reverted"]`` names it), unless
+    ``strict``: then nothing is written. Nothing is written when verification
+    fails, unless ``force``. Errors the user can fix raise
+    :class:`~tflite_fuser.errors.FuseError` subclasses. Verification runs in
+    a child process (``isolate``) so that a crash or a hang of the C++
+    interpreter cannot take the caller down; ``isolate=False`` saves the
+    child's start-up (~0.3 s) for trusted models.
     """
     opts = FuseOptions.from_kwargs(options, **kwargs)
     t0 = time.perf_counter()
@@ -158,16 +169,106 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *, options: FuseOpti
         return _fuse(src, dst_path, is_path, opts, log, say, progress, t0)
 
 
+@dataclass
+class _Attempt:
+    """One run of the passes on the original, written and proved."""
+
+    model: Model
+    counts: dict[str, int]
+    ctx: PassContext
+    regions: list[Region]
+    chunks: Any
+    tmp: Path | None
+    verification: Verification | None
+    nothing_to_fuse: bool
+    check: VerifyOptions
+    notes: list[str]
+    seconds: dict[str, float]
+
+    def discard(self) -> None:
+        discard(self.tmp)
+        self.tmp = None
+
+
 def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t0: float) -> FuseResult:
     say("reading")
     buf, label = load_bytes(src)
     model = parse(buf, label)
     validate(model, label)
     before = model_stats(model, len(buf), label if is_path else None)
+    original = src if is_path else bytes(buf)
     t_read = time.perf_counter()
-    counts, ctx = run_passes(model, opts.passes, opts.disable, opts.pass_options, log, progress)
-    t_passes = time.perf_counter()
     target = opts.pass_options.resolved
+
+    spent = {"passes": 0.0, "write": 0.0, "verify": 0.0}
+    attempts = 0
+
+    def attempt(forbidden: dict, allowed: frozenset | None, regions: bool, first: Model | None = None) -> _Attempt:
+        nonlocal attempts
+        attempts += 1
+        t = time.perf_counter()
+        m = first if first is not None else parse(buf, label)
+        spent["passes"] += time.perf_counter() - t
+        a = _attempt(m, buf, original, dst_path, opts, target, forbidden, allowed, regions,
+                     log if first is not None else None, progress if first is not None else None, say)
+        for k, v in a.seconds.items():
+            spent[k] += v
+        return a
+
+    run = attempt({}, None, opts.verify.regions, model)
+    reverted: list[Reverted] = []
+    try:
+        if run.verification is not None and not run.verification.ok and not opts.strict and opts.verify.regions:
+            run, reverted = recover(run, attempt, say)
+        verification, tmp = run.verification, run.tmp
+        ok = verification is None or verification.ok
+        bench = None
+        if opts.bench and ok and not run.nothing_to_fuse:
+            say("benchmarking")
+            bench = _bench(original, tmp if tmp is not None else run.chunks.tobytes(), opts, target, run.check, say)
+        written = backup_path = None
+        if tmp is not None and (ok or opts.force):
+            if opts.in_place and opts.backup:
+                backup_path = free_backup_name(dst_path)
+            commit(tmp, dst_path, backup_path)
+            run.tmp = None
+            written = dst_path
+    finally:
+        run.discard()
+    model, ctx = run.model, run.ctx
+    after = model_stats(model, run.chunks.nbytes, str(dst_path) if dst_path else None)
+    notes = run.notes
+
+    report = {
+        "report_version": REPORT_VERSION,
+        "tool_version": __version__,
+        "target": {"name": target.name, "summary": target.summary},
+        "input": before,
+        "output": after,
+        "passes": [{"name": k, "rewrites": v} for k, v in run.counts.items()],
+        "rewrites": [{"pass": r.pass_name, "subgraph": r.subgraph, "what": r.what} for r in ctx.rewrites],
+        "skipped": [{"pass": s.pass_name, "subgraph": s.subgraph, "op": s.op, "reason": s.reason}
+                    for s in ctx.standing_skips()],
+        "verification": verification.to_dict() if verification is not None else None,
+        "reverted": [r.to_dict() for r in reverted],
+        "bench": bench,
+        "notes": notes,
+        "nothing_to_fuse": run.nothing_to_fuse,
+        "written": written is not None,
+        "backup": str(backup_path) if backup_path else None,
+        "exit_code": 0 if ok else 1,
+        "attempts": attempts,
+        "seconds": {"read": t_read - t0, **spent, "total": time.perf_counter() - t0},
+    }
+    return FuseResult(model=model, report=report, verification=verification, written=written, _chunks=run.chunks)
+
+
+def _attempt(model: Model, buf, original, dst_path: Path | None, opts: FuseOptions, target: Target, forbidden: dict,
+             allowed: frozenset | None, prove_regions: bool, log, progress, say) -> _Attempt:
+    """Passes, regions, write, proofs: one attempt (see :mod:`revert`)."""
+    t0 = time.perf_counter()
+    counts, ctx = run_passes(model, opts.passes, opts.disable, opts.pass_options, log, progress, forbidden, allowed)
+    t_passes = time.perf_counter()
     check, notes = _verification_for(opts.verify, target)
     if ctx.fp16_rerounded:
         check = dataclasses.replace(check, atol=max(check.atol, FP16_GRID_TOL), rtol=max(check.rtol, FP16_GRID_TOL),
@@ -176,6 +277,8 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
                      f"verification uses the float16 grid: atol {check.atol:g} x each output's range, rtol "
                      f"{check.rtol:g} (--fp16-weights float32 folds exactly and verifies at the normal tolerance; "
                      f"--fp16-weights exact folds only where float16 holds the result exactly)")
+    found = regions.find(model, ctx.original_ops, ctx.rewrites) if check.enabled and prove_regions else []
+    job = regions.job(model, found) if found else None
 
     # Nothing rewritten: the output is the input, byte for byte. Nothing to
     # prove, and --in-place leaves the file (and its backups) alone.
@@ -187,58 +290,40 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
         say("writing")
         chunks = serialize(model, opts.external_buffers)
         tmp = write_temp(dst_path, chunks) if dst_path is not None else None
-    after = model_stats(model, chunks.nbytes, str(dst_path) if dst_path else None)
     t_write = time.perf_counter()
-
     verification = None
-    written = backup_path = None
     try:
         if check.enabled and not nothing_to_fuse:
             say("verifying")
-            verification = _verify(src if is_path else bytes(buf), tmp if tmp is not None else chunks.tobytes(),
-                                   check, say)
-        t_verify = time.perf_counter()
-        ok = verification is None or verification.ok
-        bench = None
-        if opts.bench and ok and not nothing_to_fuse:
-            say("benchmarking")
-            bench = _bench(src if is_path else bytes(buf), tmp if tmp is not None else chunks.tobytes(), opts,
-                           target, check, say)
-        if tmp is not None and (ok or opts.force):
-            if opts.in_place and opts.backup:
-                backup_path = free_backup_name(dst_path)
-            commit(tmp, dst_path, backup_path)
-            tmp = None
-            written = dst_path
-    finally:
+            verification = _verify(original, tmp if tmp is not None else chunks.tobytes(), check, job,
+                                   {sd.key: model.subgraphs.index(sd.subgraph) for sd in model.signature_defs}, say)
+            _judge_unprovable(verification, found)
+            _name_regions(verification, found)
+    except BaseException:
         discard(tmp)
+        raise
+    seconds = {"passes": t_passes - t0, "write": t_write - t_passes, "verify": time.perf_counter() - t_write}
+    return _Attempt(model, counts, ctx, found, chunks, tmp, verification, nothing_to_fuse, check, notes, seconds)
 
-    report = {
-        "report_version": REPORT_VERSION,
-        "tool_version": __version__,
-        "target": {"name": target.name, "summary": target.summary},
-        "input": before,
-        "output": after,
-        "passes": [{"name": k, "rewrites": v} for k, v in counts.items()],
-        "rewrites": [{"pass": r.pass_name, "subgraph": r.subgraph, "what": r.what} for r in ctx.rewrites],
-        "skipped": [{"pass": s.pass_name, "subgraph": s.subgraph, "op": s.op, "reason": s.reason}
-                    for s in ctx.standing_skips()],
-        "verification": verification.to_dict() if verification is not None else None,
-        "bench": bench,
-        "notes": notes,
-        "nothing_to_fuse": nothing_to_fuse,
-        "written": written is not None,
-        "backup": str(backup_path) if backup_path else None,
-        "exit_code": 0 if ok else 1,
-        "seconds": {
-            "read": t_read - t0,
-            "passes": t_passes - t_read,
-            "write": t_write - t_passes,
-            "verify": t_verify - t_write,
-            "total": time.perf_counter() - t0,
-        },
-    }
-    return FuseResult(model=model, report=report, verification=verification, written=written, _chunks=chunks)
+
+def _name_regions(v: Verification, found: list[Region]) -> None:
+    """Each region check, with the rewrites it proved (for the report)."""
+    by_index = {r.index: r for r in found}
+    for check in v.regions:
+        check["rewrites"] = [str(r) for r in by_index[check["index"]].rewrites]
+
+
+def _judge_unprovable(v: Verification, found: list[Region]) -> None:
+    """Rewrites that cannot be proved alone are proved by the whole-model
+    proof, or not at all when it could not run."""
+    unprovable = [r for r in found if r.problem is not None]
+    if v.region_summary is not None:
+        v.region_summary["unprovable"] = len(unprovable)
+    if unprovable and v.whole_model != "ran":
+        v.ok = False
+        msg = (f"{len(unprovable)} rewrite(s) cannot be proved alone and the whole model could not be run "
+               f"({v.whole_model})")
+        v.message = f"{v.message}; {msg}" if v.message else msg
 
 
 def _bench(original, candidate, opts: FuseOptions, target: Target, check: VerifyOptions, say) -> dict:
@@ -265,7 +350,9 @@ def _verification_for(check: VerifyOptions, target: Target) -> tuple[VerifyOptio
     return dataclasses.replace(check, kernels=kernels, xnnpack=False), notes
 
 
-def _verify(original, candidate, check: VerifyOptions, say: Callable[[str], None]) -> Verification:
+def _verify(original, candidate, check: VerifyOptions, job, sig_subgraphs: dict,
+            say: Callable[[str], None]) -> Verification:
     if check.isolate:
-        return verify_isolated(original, candidate, check, progress=say)
-    return verify(original, candidate, progress=say, **check.check_kwargs())
+        return verify_isolated(original, candidate, check, regions=job, sig_subgraphs=sig_subgraphs, progress=say)
+    return proof.prove(original, candidate, regions=job, sig_subgraphs=sig_subgraphs, progress=say,
+                       **check.check_kwargs())

@@ -367,7 +367,8 @@ class _Reader:
         for i, b in enumerate(buf_idx.tolist()):
             t = Tensor(name=_text(names[i]) or "", shape=shapes[i] if shapes[i] is not None else [],
                        dtype=types[i], buffer=buffers[b], is_variable=bool(is_var[i]),
-                       shape_signature=signatures[i], has_rank=bool(has_rank[i]), external_buffer=ext[i])
+                       shape_signature=signatures[i], has_rank=bool(has_rank[i]), external_buffer=ext[i],
+                       source_index=i)
             if quant[i] or sparse[i] or variants[i]:  # nested tables: through the object API
                 self.nested(t, int(tt.pos[i]))
             out.append(t)

@@ -66,12 +66,14 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
         lines.append(f"  note: {note}")
     v = report["verification"]
     if report["nothing_to_fuse"]:
-        lines.append("  nothing to fuse: no pass found anything to rewrite"
-                     + ("" if b["path"] is None or report["written"] else f"; {a['path']} left as it is"))
+        what = ("nothing left to fuse: every rewrite was reverted" if report.get("reverted") else
+                "nothing to fuse: no pass found anything to rewrite")
+        lines.append(f"  {what}" + ("" if b["path"] is None or report["written"] else f"; {a['path']} left as it is"))
     elif v is None:
         lines.append("  verification: skipped (--no-verify)")
     else:
         lines.extend(verification_lines(v, verbose))
+    lines.extend(reverted_lines(report.get("reverted", [])))
     lines.extend(bench_lines(report.get("bench")))
     if report["written"]:
         copy = " (a byte-for-byte copy of the input)" if report["nothing_to_fuse"] else ""
@@ -95,9 +97,21 @@ def verification_lines(v: dict[str, Any], verbose: bool) -> list[str]:
     status = "PASS" if v["ok"] else "FAIL"
     kernels = {"builtin": "built-in", "xnnpack": "XNNPACK", "micro": "TFLite Micro",
                "reference": "LiteRT reference"}.get(v["kernels"], v["kernels"])
-    lines = [f"  verification: {status} on {v['runs']} run(s), {len(v['outputs'])} output(s), {kernels} kernels: "
-             f"max |a-b| {v['max_abs_error']:.3g}, the closest element at {_share(v['bound_used'])} of its bound "
-             f"atol + rtol x |a| (atol {v['atol']:g}, rtol {v['rtol']:g})"]
+    regions = v.get("region_summary")
+    if v.get("whole_model", "ran") != "ran":
+        lines = [f"  verification: {status}, verified region by region ({regions['regions'] if regions else 0} "
+                 f"regions); the whole model could not be run: {v['whole_model']}"]
+    else:
+        lines = [f"  verification: {status} on {v['runs']} run(s), {len(v['outputs'])} output(s), {kernels} kernels: "
+                 f"max |a-b| {v['max_abs_error']:.3g}, the closest element at {_share(v['bound_used'])} of its "
+                 f"bound atol + rtol x |a| (atol {v['atol']:g}, rtol {v['rtol']:g})"]
+    for o in v["outputs"]:
+        if o.get("accepted_by_floor"):
+            lines.append(f"    {o['name']}: beyond the fixed tolerance, but within {v['noise_floor_multiple']:g}x the "
+                         f"model's own float noise (max |a-b| {o['max_abs_error']:.3g}, noise floor "
+                         f"{o['noise_floor']:.3g}: {o['floor_ratio']:.2g}x)")
+    if regions:
+        lines.extend(region_lines(v, regions, verbose))
     if v.get("kernels_note"):
         lines.append(f"    ({v['kernels_note']}; verified with the {kernels} kernels instead)")
     for note in v.get("notes", []):
@@ -122,6 +136,33 @@ def verification_lines(v: dict[str, Any], verbose: bool) -> list[str]:
                          f"{err} ({o['tolerance']}){overflow}")
     if v["message"]:
         lines.append(f"  {v['message']}")
+    return lines
+
+
+def region_lines(v: dict[str, Any], s: dict[str, Any], verbose: bool) -> list[str]:
+    """What the region proofs found: one line, and each failing region."""
+    inputs = {"real": "on the original's own values at their edges",
+              "random": f"on random values at their edges ({s['why_random']})" if s["why_random"]
+              else "on random values at their edges"}.get(s["inputs"], s["inputs"])
+    alone = f"; {s['unprovable']} proved by the whole model only" if s.get("unprovable") else ""
+    verdict = (f"all within their tolerance (the closest at {_share(s['bound_used'])} of its bound)" if not s["failed"]
+               else f"{s['failed']} FAILED")
+    lines = [f"    regions: {s['regions']} rewrite(s) proved alone {inputs}, {verdict}{alone} ({s['seconds']:.2f} s)"]
+    for r in v["regions"]:
+        if verbose or not r["ok"]:
+            what = "; ".join(r.get("rewrites", [])) or f"region {r['index']}"
+            err = f"max |a-b| {r['max_abs_error']:.3g}" if r["max_abs_error"] is not None else "not compared"
+            floor = f", {r['floor_ratio']:.2g}x its noise floor" if r.get("floor_ratio") is not None else ""
+            lines.append(f"      {'ok ' if r['ok'] else 'BAD'} {what}: {err}{floor} ({r['tolerance']})"
+                         + (f": {r['message']}" if r["message"] and not r["ok"] else ""))
+    return lines
+
+
+def reverted_lines(reverted: list[dict[str, Any]]) -> list[str]:
+    if not reverted:
+        return []
+    lines = [f"  reverted {len(reverted)} rewrite(s) whose proof failed (the rest are kept):"]
+    lines.extend(f"    {r['pass']}: {_where(r)}{r['what']}: {r['error']}" for r in reverted)
     return lines
 
 

@@ -64,13 +64,18 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def verify_isolated(original, candidate, check: VerifyOptions | None = None, *,
-                    progress: Callable[[str], None] | None = None) -> Verification:
-    """:func:`verifier.verify` in a child process, with ``check.timeout`` as the time limit."""
+def verify_isolated(original, candidate, check: VerifyOptions | None = None, *, regions=None,
+                    sig_subgraphs=None, progress: Callable[[str], None] | None = None) -> Verification:
+    """:func:`proof.prove` (the whole-model proof, and the region proofs of
+    ``regions``, a :class:`regions.RegionJob`) in a child process, with
+    ``check.timeout`` as the time limit and ``check.memory_bytes`` as the
+    limit of its address space."""
     check = check or VerifyOptions()
     kwargs = check.check_kwargs()
-    return _in_child("verify", original, candidate, kwargs, check.timeout, progress,
-                     lambda stage, what, last_words: _blame(stage, what, kwargs, last_words))
+    memory = check.memory_bytes
+    job = {**kwargs, "regions": regions, "sig_subgraphs": sig_subgraphs}
+    return _in_child("prove", original, candidate, job, check.timeout, progress,
+                     lambda stage, what, last_words: _blame(stage, what, kwargs, last_words, memory), memory)
 
 
 def bench_isolated(original, candidate, kwargs: dict, timeout: float | None,
@@ -82,12 +87,13 @@ def bench_isolated(original, candidate, kwargs: dict, timeout: float | None,
     return _in_child("bench", original, candidate, kwargs, timeout, progress, failed)
 
 
-def _in_child(task: str, original, candidate, kwargs: dict, timeout: float | None, progress, on_death):
+def _in_child(task: str, original, candidate, kwargs: dict, timeout: float | None, progress, on_death,
+              memory_limit: int | None = None):
     if not sys.executable:
         raise BadModelError("cannot start the verifier's child process: this Python has no sys.executable; "
                             "pass isolate=False (or --no-verify)")
     job = pickle.dumps({"task": task, "original": _portable(original), "candidate": _portable(candidate),
-                        "kwargs": kwargs}, protocol=pickle.HIGHEST_PROTOCOL)
+                        "kwargs": kwargs, "memory_limit": memory_limit}, protocol=pickle.HIGHEST_PROTOCOL)
     start = time.monotonic()
     proc = subprocess.Popen(child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=child_environment(), close_fds=True)
@@ -113,6 +119,8 @@ def _in_child(task: str, original, candidate, kwargs: dict, timeout: float | Non
                     progress(payload)
             elif kind == "result":
                 return payload
+            elif kind == "out of memory":
+                return on_death(stage, "ran out of memory", "")
             else:
                 raise payload
     finally:
@@ -200,8 +208,10 @@ def _death(returncode: int | None) -> str:
     return f"exited unexpectedly (code {returncode})"
 
 
-def _blame(stage: str, what: str, kwargs, last_words: str) -> Verification:
+def _blame(stage: str, what: str, kwargs, last_words: str, memory_limit: int | None = None) -> Verification:
     said = f" ({last_words})" if last_words else ""
+    if memory_limit and (what == "ran out of memory" or "bad_alloc" in last_words or "memory" in last_words.lower()):
+        said += (f" [the verifier may address {memory_limit / 2**30:.3g} GiB; --verify-memory changes the limit]")
     if stage in (STAGE_LOAD_ORIGINAL, STAGE_RUN_ORIGINAL):
         raise BadModelError(f"the TFLite interpreter {what} while {stage}{said}; "
                             f"pass --no-verify to skip verification")

@@ -1,6 +1,6 @@
 """The verifier's child process: ``python -m tflite_fuser.sandbox_child``.
 
-Reads one pickled job from stdin (the task, ``verify`` or ``bench``, the two
+Reads one pickled job from stdin (the task, ``prove``, ``verify`` or ``bench``, the two
 models as paths or bytes, and the keyword arguments of :func:`verifier.verify`
 or :func:`bench.measure`), runs it, and writes
 length-prefixed pickled frames to the stdout it was started with: ``("stage",
@@ -24,8 +24,10 @@ def main() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     job = pickle.loads(sys.stdin.buffer.read())
+    limit_memory(job.get("memory_limit"))
 
     from .bench import measure
+    from .proof import prove
     from .sandbox import FRAME
     from .verifier import verify
 
@@ -34,9 +36,11 @@ def main() -> int:
         frames.write(FRAME.pack(len(data)) + data)
 
     try:
-        task = verify if job.get("task", "verify") == "verify" else measure
+        task = {"verify": verify, "prove": prove, "bench": measure}[job.get("task", "verify")]
         result = task(job["original"], job["candidate"], progress=lambda m: send("stage", m), **job["kwargs"])
         send("result", result)
+    except MemoryError:
+        send("out of memory", None)
     except Exception as e:  # re-raised in the parent, which knows how to report it
         try:
             send("error", e)
@@ -44,6 +48,23 @@ def main() -> int:
             send("error", RuntimeError(f"{type(e).__name__}: {e}"))
     frames.close()
     return 0
+
+
+def limit_memory(limit: int | None) -> None:
+    """Cap this process's address space: a model that makes the interpreter
+    allocate without bound then fails here, cleanly, instead of taking the
+    machine down."""
+    if not limit:
+        return
+    try:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not POSIX, or not allowed
+        pass
 
 
 if __name__ == "__main__":

@@ -68,6 +68,14 @@ class OutputCheck:
     worst_abs_error: float | None = None
     worst_bound: float | None = None
     worst_reference: float | None = None
+    #: the original's values held NaN/inf where the rewritten model's did not (or the reverse)
+    nonfinite_mismatch: bool = False
+    #: how far the original's own outputs move when its float constants are
+    #: nudged by one ulp (noise_floor.py), and this output's deviation over it;
+    #: measured only when the fixed tolerance was not met
+    noise_floor: float | None = None
+    floor_ratio: float | None = None
+    accepted_by_floor: bool = False
 
     def merge(self, other: "OutputCheck") -> "OutputCheck":
         """This check and ``other`` (the same output on another input set)."""
@@ -79,6 +87,7 @@ class OutputCheck:
         self.max_rel_error = max(self.max_rel_error, other.max_rel_error)
         self.max_abs_reference = max(self.max_abs_reference or 0.0, other.max_abs_reference or 0.0)
         self.nonfinite_reference += other.nonfinite_reference
+        self.nonfinite_mismatch = self.nonfinite_mismatch or other.nonfinite_mismatch
         self.ok = self.ok and other.ok
         if self.bound_used is not None and (other.bound_used is None or other.bound_used > self.bound_used):
             self.bound_used, self.worst_abs_error = other.bound_used, other.worst_abs_error
@@ -109,6 +118,14 @@ class Verification:
     #: arena each model uses, and how the fused model in TFLM agrees with LiteRT
     micro: dict | None = None
     micro_arena: int | None = field(default=None, repr=False)
+    #: "ran": the whole-model proof ran; else why the original could not run
+    #: here (the region proofs alone decided)
+    whole_model: str = "ran"
+    #: the multiple of its noise floor an output may deviate (when measured)
+    noise_floor_multiple: float | None = None
+    #: one entry per region (region_proof.RegionCheck.to_dict) and a summary
+    regions: list[dict] = field(default_factory=list)
+    region_summary: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -247,6 +264,18 @@ class _OriginalDoesNotRun(Exception):
         self.what = what
 
 
+class OriginalDoesNotRun(BadModelError):
+    """No kernel set here runs the input model: the whole-model proof cannot
+    be made (the region proofs still can). ``reason`` says why, per kernel set."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # it crosses the sandbox's pipe
+        return (OriginalDoesNotRun, (str(self), self.reason))
+
+
 def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
            runs: int = DEFAULT_RUNS, seed: int = 0, inputs: Mapping[str, np.ndarray] | None = None,
            input_range=DEFAULT_INPUT_RANGE, input_shapes=None, quant_steps: int = 1, range_atol: bool = False,
@@ -286,9 +315,9 @@ def _verify_cpu(original, candidate, kernels: str, check: dict) -> Verification:
             result.kernels_note = "; ".join(f"the {KERNEL_NAMES[k]} cannot run the input model ({why})"
                                             for k, why in refused)
         return result
-    raise BadModelError("the TFLite interpreter cannot run the input model, so the rewrite cannot be verified ("
-                        + "; ".join(f"{KERNEL_NAMES[k]}: {why}" for k, why in refused)
-                        + "); pass --no-verify to skip verification")
+    reason = "; ".join(f"{KERNEL_NAMES[k]}: {why}" for k, why in refused)
+    raise OriginalDoesNotRun("the TFLite interpreter cannot run the input model, so the rewrite cannot be verified ("
+                             f"{reason}); pass --no-verify to skip verification", reason)
 
 
 def _verify_micro(original, candidate, check: dict) -> Verification:
@@ -477,7 +506,7 @@ def _compare(sig: str, name: str, a: np.ndarray, b: np.ndarray, atol: float, rto
     ok = bool(same_nonfinite and np.all(np.where(finite, diff <= bound, True)))
     tol = f"atol={eff_atol:g}{' (range)' if range_atol else ''} rtol={rtol:g}"
     check = OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, tol, ok, scale,
-                        int(a64.size - finite_a.size))
+                        int(a64.size - finite_a.size), nonfinite_mismatch=not bool(same_nonfinite))
     return _with_worst(check, diff, bound, a64)
 
 

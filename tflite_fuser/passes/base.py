@@ -15,7 +15,7 @@ means skip.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Mapping
 
 from ..graph import Model, Operator, Subgraph
 from ..options import PassOptions
@@ -62,11 +62,19 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Rewrite:
-    """One rewrite a pass made: which pass, where, and what it did, in words."""
+    """One rewrite a pass made: which pass, where, what it did in words, and
+    op for op what it took out and put in (for its proof)."""
 
     pass_name: str
     subgraph: int
     what: str
+    #: the name a rewrite has across runs of the same passes on the same
+    #: model: its pass, subgraph and anchor op (to revert it, forbid it)
+    key: tuple = ()
+    removed: tuple = field(default=(), compare=False, repr=False)
+    added: tuple = field(default=(), compare=False, repr=False)
+    #: float16 weights this rewrite rounded again (its proof uses the float16 grid)
+    fp16_rerounded: int = 0
 
     def __str__(self) -> str:
         where = f"subgraph {self.subgraph}: " if self.subgraph else ""
@@ -90,6 +98,15 @@ class PassContext:
     #: facts about constants worth computing once per run, keyed by what they
     #: are about (constants never change: a rewrite makes new ones)
     memo: dict = field(default_factory=dict)
+    #: rewrites not to make (``Rewrite.key`` -> why): ones whose proof failed
+    #: in an earlier run of the same passes on the same model
+    forbidden: Mapping[tuple, str] = field(default_factory=dict)
+    #: when a set, the only rewrites to make (a bisection's trial)
+    allowed: frozenset | None = None
+    #: each subgraph's operators before any pass ran: the original graph
+    #: (passes never change an operator or tensor in place), which the
+    #: region proofs cut the rewrites' original ops from
+    original_ops: dict = field(default_factory=dict)
 
     @property
     def target(self) -> Target:
@@ -115,9 +132,20 @@ class PassContext:
         for op in skip.at:
             self.skip(op, skip.reason)
 
-    def rewrote(self, what: str) -> None:
-        """Record a rewrite just made, described in words."""
-        r = Rewrite(self.current_pass, self.subgraph_index, what)
+    def rewrote(self, what: str, key: tuple = (), journal: list | None = None, fp16_rerounded: int = 0) -> None:
+        """Record a rewrite just made: in words, by key, and the edits it made."""
+        removed: dict = {}
+        added: dict = {}
+        for old, new in journal or ():
+            for op in old:
+                if op in added:
+                    del added[op]  # made and taken out again within the rewrite
+                else:
+                    removed[op] = None
+            for op in new:
+                added[op] = None
+        r = Rewrite(self.current_pass, self.subgraph_index, what, key, tuple(removed), tuple(added),
+                    fp16_rerounded)
         self.rewrites.append(r)
         if self.log:
             self.log(f"rewrote {r}")
@@ -169,6 +197,7 @@ class FusionPass:
         for op in [op for op in sg.operators if op.opcode.code in anchors]:
             if not sg.contains(op):
                 continue
+            fp16_before = ctx.fp16_rerounded  # a match may fold (and round) to see whether it can
             m = self.match(ctx, sg, op)
             if m is None:
                 continue
@@ -177,6 +206,17 @@ class FusionPass:
                 continue
             for s in m.skips:
                 ctx.record(s)
-            ctx.rewrote(self.apply(ctx, sg, m))
+            key = (self.name, ctx.subgraph_index, describe(op))
+            if key in ctx.forbidden:
+                ctx.skip(op, f"reverted: its rewrite failed its proof ({ctx.forbidden[key]})")
+                continue
+            if ctx.allowed is not None and key not in ctx.allowed:
+                continue
+            sg.journal = []
+            try:
+                what = self.apply(ctx, sg, m)
+            finally:
+                journal, sg.journal = sg.journal, None
+            ctx.rewrote(what, key, journal, ctx.fp16_rerounded - fp16_before)
             rewrites += 1
         return rewrites

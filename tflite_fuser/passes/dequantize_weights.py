@@ -57,6 +57,11 @@ class DequantizeWeights(FusionPass):
 
     def apply(self, ctx: PassContext, sg: Subgraph, m: Float16Weight) -> str:
         out: Tensor = m.dequantize.outputs[0]
+        # A new constant, and its readers rewired to it: the old tensor stays
+        # what it was (the original's graph is proved against, unchanged).
+        const = ctx.model.new_constant(sg, out.name, m.values.astype(np.float32), TensorType.FLOAT32,
+                                       out.quantization)
+        for reader in sg.consumers(out):
+            sg.replace([reader], reader.copy(inputs=[const if t is out else t for t in reader.inputs]))
         sg.remove_operator(m.dequantize)
-        out.buffer = ctx.model.add_buffer(m.values.astype(np.float32))  # exact: float16 is a subset of float32
         return f"stored float16 weights {out.name!r} as float32 (no float16 DEQUANTIZE on target {ctx.target.name})"

@@ -157,3 +157,64 @@ def endless_while() -> bytes:
                                   BuiltinOptions.WhileOptions))
     b.output(y)
     return b.to_bytes()
+
+
+def deep_chain(blocks: int = 100, channels: int = 4, seed: int = 1, hw: int = 8, gain: float = 1.4) -> bytes:
+    """``blocks`` x (CONV_2D -> MUL -> ADD -> RELU) with 4 channels: a deep
+    float32 network whose every fold is right, yet whose fused output differs
+    from the original's by more than any fixed tolerance a single layer needs
+    (the gain compounds float32 rounding block after block). Block ``i``'s
+    conv writes ``conv_{4i+...}``; ``deep_chain_conv(i)`` names it."""
+    r = _rng(seed)
+    b = ModelBuilder()
+    y = b.input("x", [1, hw, hw, channels])
+    for _ in range(blocks):
+        w = (r.standard_normal((channels, 3, 3, channels)) / np.sqrt(9 * channels) * gain).astype(np.float32)
+        y = b.conv2d(y, w, (0.1 * r.standard_normal(channels)).astype(np.float32))
+        y = b.add(b.mul(y, r.uniform(0.5, 2.0, channels).astype(np.float32)),
+                  r.standard_normal(channels).astype(np.float32))
+        y = b.relu(y)
+    b.output(y)
+    return b.to_bytes()
+
+
+def custom_op(b: ModelBuilder, x: Tensor, code: str = "VendorOp") -> Tensor:
+    """A custom op with flexbuffer options that the stock interpreter has no
+    kernel for (the shape of x in, the shape of x out)."""
+    out = b.tensor(x.shape, code.lower())
+    oc = next((o for o in b.model.opcodes if o.custom_code == code), None)
+    if oc is None:
+        oc = OpCode(builtin_code=Op.CUSTOM, deprecated_builtin_code=Op.CUSTOM, custom_code=code, version=1)
+        b.model.opcodes.append(oc)
+    b.sg.operators.append(Operator(oc, [x], [out], custom_options=np.frombuffer(b"\x01\x02opts\x03", np.uint8),
+                                   custom_options_format=fb.CustomOptionsFormat.FLEXBUFFERS))
+    return out
+
+
+def conv_bn_blocks_with_custom_ops(layout: str, blocks: int = 3, seed: int = 0) -> bytes:
+    """CONV_2D -> MUL -> ADD -> RELU blocks with custom ops placed by
+    ``layout``: "between" (one between each pair of blocks), "around" (one
+    before the first block and one after the last), "feeds" (a custom op's
+    output is what the blocks read: it feeds a fusable pattern, and its input
+    comes from one)."""
+    r = _rng(seed)
+    b = ModelBuilder()
+    y = b.input("x", [1, 8, 8, 4])
+
+    def block(y):
+        y = b.conv2d(y, r.standard_normal((4, 3, 3, 4)).astype(np.float32), r.standard_normal(4).astype(np.float32))
+        y = b.add(b.mul(y, r.uniform(0.5, 2.0, 4).astype(np.float32)), r.standard_normal(4).astype(np.float32))
+        return b.relu(y)
+
+    if layout == "around":
+        y = custom_op(b, y, "Before")
+    for i in range(blocks):
+        if layout == "feeds" and i == 1:
+            y = custom_op(b, y, "Landmarks")
+        y = block(y)
+        if layout == "between" and i < blocks - 1:
+            y = custom_op(b, y)
+    if layout == "around":
+        y = custom_op(b, y, "After")
+    b.output(y)
+    return b.to_bytes()

@@ -153,6 +153,12 @@ class Tensor:
         arr.flags.writeable = False
         return arr
 
+    @property
+    def value_bytes(self) -> int:
+        """The bytes one value of this tensor takes (a dynamic dimension counted as 1)."""
+        dt = NUMPY_DTYPES.get(self.dtype)
+        return (dt.itemsize if dt is not None else 1) * math.prod(max(1, int(d)) for d in self.shape)
+
     def quant_params(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """(scale, zero_point, quantized_dimension) or None when not quantized."""
         q = self.quantization

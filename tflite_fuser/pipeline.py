@@ -30,7 +30,7 @@ from .revert import Reverted, recover
 from .reader import Source, load_bytes, parse
 from .report import REPORT_VERSION, model_stats
 from .bench import kernels_for, measure
-from .sandbox import bench_isolated, verify_isolated
+from .sandbox import bench_isolated, check_memory, memory_needed, verify_isolated
 from .validate import unsorted_subgraphs, validate
 from .verifier import Verification
 from .writer import Chunks, serialize
@@ -184,10 +184,38 @@ class _Attempt:
     check: VerifyOptions
     notes: list[str]
     seconds: dict[str, float]
+    #: how to prove again (pinpoint): the original, and a signature's subgraph by key
+    original: Any = field(default=None, repr=False)
+    sig_subgraphs: dict = field(default_factory=dict, repr=False)
+    say: Callable[[str], None] = field(default=lambda _msg: None, repr=False)
 
     def discard(self) -> None:
         discard(self.tmp)
         self.tmp = None
+
+    def pinpoint(self, failing: list[Region]) -> dict[int, Any]:
+        """The rewrite at fault in each failing region of several rewrites
+        (``regions.steps``): region index -> its first rewrite whose own step
+        fails. Regions whose steps cannot be cut, or all pass, are left out."""
+        n = 1 + max((r.index for r in self.regions), default=0)
+        step_of: dict[int, tuple[Region, Any]] = {}
+        subs = []
+        for region in failing:
+            for sub in regions.steps(region, self.ctx.original_ops.get(self.model.subgraphs[region.subgraph], []), n):
+                step_of[sub.index] = (region, sub.rewrites[0])
+                subs.append(sub)
+            n += len(region.rewrites)
+        if not subs:
+            return {}
+        self.say("verifying: proving the failing regions rewrite by rewrite")
+        v = _verify(self.original, self.original, self.check, regions.jobs(self.model, subs), self.sig_subgraphs,
+                    self.say, whole=False)
+        found: dict[int, Any] = {}
+        for c in sorted(v.regions, key=lambda c: c["index"]):
+            region, rewrite = step_of[c["index"]]
+            if not c["ok"] and region.index not in found:
+                found[region.index] = rewrite
+        return found
 
 
 def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t0: float) -> FuseResult:
@@ -215,9 +243,14 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
             spent[k] += v
         return a
 
+    limit = opts.verify.memory_bytes if opts.verify.enabled and opts.verify.isolate else None
+    need = memory_needed(model, len(buf)) if limit else 0
+    check_memory(need, limit)  # before any work: a run bound to fail
     run = attempt({}, None, opts.verify.regions, model)
     reverted: list[Reverted] = []
     try:
+        if run.verification is not None and run.verification.whole_model != "ran":
+            check_memory(need, limit, run.verification.whole_model)
         if run.verification is not None and not run.verification.ok and not opts.strict and opts.verify.regions:
             run, reverted = recover(run, attempt, say)
         verification, tmp = run.verification, run.tmp
@@ -278,7 +311,7 @@ def _attempt(model: Model, buf, original, dst_path: Path | None, opts: FuseOptio
                      f"{check.rtol:g} (--fp16-weights float32 folds exactly and verifies at the normal tolerance; "
                      f"--fp16-weights exact folds only where float16 holds the result exactly)")
     found = regions.find(model, ctx.original_ops, ctx.rewrites) if check.enabled and prove_regions else []
-    job = regions.job(model, found) if found else None
+    jobs = regions.jobs(model, found) or None
 
     # Nothing rewritten: the output is the input, byte for byte. Nothing to
     # prove, and --in-place leaves the file (and its backups) alone.
@@ -292,18 +325,20 @@ def _attempt(model: Model, buf, original, dst_path: Path | None, opts: FuseOptio
         tmp = write_temp(dst_path, chunks) if dst_path is not None else None
     t_write = time.perf_counter()
     verification = None
+    sig_subgraphs = {sd.key: model.subgraphs.index(sd.subgraph) for sd in model.signature_defs}
     try:
         if check.enabled and not nothing_to_fuse:
             say("verifying")
-            verification = _verify(original, tmp if tmp is not None else chunks.tobytes(), check, job,
-                                   {sd.key: model.subgraphs.index(sd.subgraph) for sd in model.signature_defs}, say)
+            verification = _verify(original, tmp if tmp is not None else chunks.tobytes(), check, jobs,
+                                   sig_subgraphs, say)
             _judge_unprovable(verification, found)
             _name_regions(verification, found)
     except BaseException:
         discard(tmp)
         raise
     seconds = {"passes": t_passes - t0, "write": t_write - t_passes, "verify": time.perf_counter() - t_write}
-    return _Attempt(model, counts, ctx, found, chunks, tmp, verification, nothing_to_fuse, check, notes, seconds)
+    return _Attempt(model, counts, ctx, found, chunks, tmp, verification, nothing_to_fuse, check, notes, seconds,
+                    original, sig_subgraphs, say)
 
 
 def _name_regions(v: Verification, found: list[Region]) -> None:
@@ -350,9 +385,10 @@ def _verification_for(check: VerifyOptions, target: Target) -> tuple[VerifyOptio
     return dataclasses.replace(check, kernels=kernels, xnnpack=False), notes
 
 
-def _verify(original, candidate, check: VerifyOptions, job, sig_subgraphs: dict,
-            say: Callable[[str], None]) -> Verification:
+def _verify(original, candidate, check: VerifyOptions, jobs, sig_subgraphs: dict,
+            say: Callable[[str], None], whole: bool = True) -> Verification:
     if check.isolate:
-        return verify_isolated(original, candidate, check, regions=job, sig_subgraphs=sig_subgraphs, progress=say)
-    return proof.prove(original, candidate, regions=job, sig_subgraphs=sig_subgraphs, progress=say,
+        return verify_isolated(original, candidate, check, regions=jobs, sig_subgraphs=sig_subgraphs, whole=whole,
+                               progress=say)
+    return proof.prove(original, candidate, regions=jobs, sig_subgraphs=sig_subgraphs, whole=whole, progress=say,
                        **check.check_kwargs())

@@ -23,20 +23,22 @@ from typing import Callable, Mapping
 
 from . import noise_floor
 from .options import DEFAULT_INPUT_RANGE
-from .region_proof import capture, prove as prove_regions
+from .region_proof import STAGE_CAPTURE, OriginalValues, prove as prove_regions
 from .verifier import OriginalDoesNotRun, Verification, _verify_with, verify
 
 
 def prove(original, candidate, *, regions=None, sig_subgraphs: Mapping[str, int] | None = None,
-          floor: bool = True, progress: Callable[[str], None] | None = None,
+          floor: bool = True, whole: bool = True, progress: Callable[[str], None] | None = None,
           **check) -> Verification:
     """Both proofs of ``candidate`` against ``original``; ``regions`` is a
-    :class:`regions.RegionJob` (or None), ``check`` the keyword arguments of
-    :func:`verifier.verify`."""
+    list of :class:`regions.RegionJob` (or None), ``check`` the keyword
+    arguments of :func:`verifier.verify`. ``whole=False`` proves the regions
+    alone (on the original's own values: it is known to run)."""
     result: Verification | None = None
     why_not = ""
     try:
-        result = verify(original, candidate, progress=progress, **check)
+        if whole:
+            result = verify(original, candidate, progress=progress, **check)
     except OriginalDoesNotRun as e:
         if regions is None:
             raise
@@ -47,7 +49,7 @@ def prove(original, candidate, *, regions=None, sig_subgraphs: Mapping[str, int]
         kernels = check.get("kernels") or ("xnnpack" if check.get("xnnpack") else "builtin")
         result = Verification(ok=True, runs=0, atol=check.get("atol", 0.0), rtol=check.get("rtol", 0.0),
                               seed=check.get("seed", 0), kernels=kernels,
-                              whole_model=why_not or "not run")
+                              whole_model=why_not or "ran")  # not asked for: the original runs
     if regions is not None:
         _prove_regions(result, original, regions, sig_subgraphs or {}, check, progress)
     return result
@@ -81,21 +83,27 @@ def _full(kw: dict) -> dict:
     return base
 
 
-def _prove_regions(result: Verification, original, job, sig_subgraphs, check: dict, progress) -> None:
+def _prove_regions(result: Verification, original, jobs: list, sig_subgraphs, check: dict, progress) -> None:
     start = time.perf_counter()
     kw = _full({k: v for k, v in check.items() if k not in ("kernels", "xnnpack")})
-    captured, why_random = [], result.whole_model if result.whole_model != "ran" else ""
-    if result.whole_model == "ran":
-        wanted: dict[int, set[int]] = {}
-        for m in job.regions:
-            wanted.setdefault(m["subgraph"], set()).update(src for _, src in m["inputs"])
-        captured, why_random = capture(original, sig_subgraphs, wanted, runs=kw["runs"], seed=kw["seed"],
-                                       inputs=kw["inputs"], input_range=kw["input_range"],
-                                       input_shapes=kw["input_shapes"], num_threads=kw["num_threads"])
+    values = None
+    why_random = result.whole_model if result.whole_model != "ran" else ""
     # TFLite Micro's arithmetic is LiteRT's reference kernels'
     kernels = {"micro": "reference"}.get(result.kernels, result.kernels)
-    checks = prove_regions(job, kernels, captured, seed=kw["seed"], input_range=kw["input_range"], runs=kw["runs"],
+    if result.whole_model == "ran":
+        (progress or (lambda _msg: None))(STAGE_CAPTURE)
+        wanted: dict[int, set[int]] = {}
+        tapped = {0} | set(sig_subgraphs.values())  # others (control-flow bodies) run inside an op: random
+        for m in (m for j in jobs for m in j.regions if m["subgraph"] in tapped):
+            wanted.setdefault(m["subgraph"], set()).update(src for _, src in m["inputs"])
+        values = OriginalValues(original, kernels, sig_subgraphs, wanted, runs=kw["runs"], seed=kw["seed"],
+                                inputs=kw["inputs"], input_range=kw["input_range"],
+                                input_shapes=kw["input_shapes"], num_threads=kw["num_threads"])
+    checks = prove_regions(jobs, kernels, values, seed=kw["seed"], input_range=kw["input_range"], runs=kw["runs"],
                            quant_steps=kw["quant_steps"], num_threads=kw["num_threads"], progress=progress)
+    if values is not None and values.error:
+        why_random = values.error
+    captured = values is not None and not values.error
     result.regions = [c.to_dict() for c in checks]
     failed = [c for c in checks if not c.ok]
     worst = max((c.bound_used for c in checks if c.bound_used is not None), default=0.0)

@@ -23,10 +23,12 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .verifier import (OutputCheck, _compare, _first_line, _interpreter, _quiet_stderr, _runnables,
+from .verifier import (OutputCheck, _compare, _first_line, _interpreter, _runnables, raise_if_out_of_memory,
                        make_inputs)
 
-#: the proof of one region
+#: stage markers (see verifier.py): the original's run that keeps its
+#: intermediate values, and the region proofs
+STAGE_CAPTURE = "running the input model for the values at the regions' edges"
 STAGE_REGIONS = "proving the regions"
 
 
@@ -54,43 +56,76 @@ class RegionCheck:
         return d
 
 
-def capture(original, sig_subgraphs: Mapping[str, int], wanted: Mapping[int, set[int]], *, runs: int, seed: int,
-            inputs, input_range, input_shapes, num_threads=None) -> tuple[list[dict], str]:
+class OriginalValues:
     """The original's values of the ``wanted`` tensors (subgraph -> source
-    indices), one dict ``{(subgraph, index): array}`` per run; or ``([], why)``
-    when the original does not run with its intermediate values kept."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    indices) on the verification inputs, one run at a time (``values(run)``:
+    ``{(subgraph, index): array}``), so that only one run's values are held.
 
-    from .verifier import _feeds_for
+    The original runs *tapped*: a copy whose subgraphs also output the wanted
+    tensors, so that the interpreter keeps just those alive (keeping every
+    tensor, ``experimental_preserve_all_tensors``, costs the sum of all
+    activations) and any kernel set, a delegate too, can run it. The inputs
+    of run ``r`` are the whole-model proof's: the same seeded generator,
+    drawn in the same order. ``error`` says why there are none."""
 
-    try:
-        with _quiet_stderr():
-            kw = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                  "experimental_preserve_all_tensors": True, "num_threads": num_threads}
-            interp = (Interpreter(model_path=str(original), **kw) if not isinstance(original, (bytes, bytearray))
-                      else Interpreter(model_content=bytes(original), **kw))
-        runnables = _runnables(interp)
-    except (ValueError, RuntimeError) as e:
-        return [], f"the built-in kernels cannot load it: {_first_line(e)}"
-    rng = np.random.default_rng(seed)
-    out = []
-    n_runs = 1 if inputs is not None else max(1, runs)
-    for _ in range(n_runs):
+    def __init__(self, original, kernels: str, sig_subgraphs: Mapping[str, int], wanted: Mapping[int, set[int]], *,
+                 runs: int, seed: int, inputs, input_range, input_shapes, num_threads=None):
+        self.wanted, self.sig_subgraphs = wanted, sig_subgraphs
+        self.seed, self.inputs, self.input_range, self.input_shapes = seed, inputs, input_range, input_shapes
+        self.runs = 1 if inputs is not None else max(1, runs)
+        self.error = ""
+        self._cache: tuple[int, dict] | None = None
+        try:
+            self.interp = _interpreter(tapped(original, wanted), kernels, num_threads)
+            self.runnables = _runnables(self.interp)
+        except (ValueError, RuntimeError) as e:
+            raise_if_out_of_memory(e)
+            self.error = f"the original does not load with its values there as outputs: {_first_line(e)}"
+
+    def __call__(self, run: int) -> dict:
+        if self.error:
+            return {}
+        if self._cache is not None and self._cache[0] == run:
+            return self._cache[1]
+        from .verifier import _feeds_for
+
+        rng = np.random.default_rng(self.seed)
         values: dict = {}
-        for r in runnables:
-            sgi = sig_subgraphs.get(r.key, 0) if r.key else 0
-            feeds = _feeds_for(r, inputs, rng, input_range, input_shapes)
-            try:
-                r.run(feeds)
-            except (ValueError, RuntimeError) as e:
-                return [], f"the built-in kernels cannot run it: {_first_line(e)}"
-            for idx in wanted.get(sgi, ()):
-                try:
-                    values[(sgi, idx)] = np.array(interp.get_tensor(idx, sgi))
-                except (ValueError, RuntimeError):
-                    pass  # not computed (a branch not taken): random for this region
-        out.append(values)
-    return out, ""
+        try:
+            for r_ in range(run + 1):
+                for r in self.runnables:
+                    feeds = _feeds_for(r, self.inputs, rng, self.input_range, self.input_shapes)
+                    if r_ < run:
+                        continue  # the draws of earlier runs, to reach this run's inputs
+                    r.run(feeds)
+                    sgi = self.sig_subgraphs.get(r.key, 0) if r.key else 0
+                    for idx in self.wanted.get(sgi, ()):
+                        try:
+                            values[(sgi, idx)] = np.array(self.interp.get_tensor(idx, sgi))
+                        except (ValueError, RuntimeError):
+                            pass  # not computed (a branch not taken): random for this region
+        except (ValueError, RuntimeError) as e:
+            raise_if_out_of_memory(e)
+            self.error = f"the original does not run with its values there as outputs: {_first_line(e)}"
+            return {}
+        self._cache = (run, values)
+        return values
+
+
+def tapped(original, wanted: Mapping[int, set[int]]) -> bytes:
+    """``original`` with the ``wanted`` tensors (subgraph -> index) as extra
+    subgraph outputs. Tensor indices stay as they were: the writer keeps
+    every tensor of a file it read, in order."""
+    from .reader import load_bytes, parse
+    from .writer import write_model
+
+    buf, label = load_bytes(original)
+    model = parse(buf, label)
+    for sgi, idxs in wanted.items():
+        sg = model.subgraphs[sgi]
+        seen = set(sg.inputs) | set(sg.outputs)
+        sg.outputs = sg.outputs + [sg.tensors[i] for i in sorted(idxs) if sg.tensors[i] not in seen]
+    return write_model(model)
 
 
 def random_value(shape, dtype: np.dtype, rng: np.random.Generator, input_range) -> np.ndarray:
@@ -100,69 +135,53 @@ def random_value(shape, dtype: np.dtype, rng: np.random.Generator, input_range) 
     return make_inputs({"x": {"shape": shape, "dtype": dtype}}, rng, input_range)["x"]
 
 
-def prove(job, kernels: str, captured: list[dict], *, seed: int, input_range, runs: int, quant_steps: int,
-          num_threads=None, progress: Callable[[str], None] | None = None) -> list[RegionCheck]:
-    """Run the region pair on each input set; one check per region. Regions
-    that miss their fixed tolerance get the whole model's second chance, at
-    their own scale: their original ops with every float constant nudged by
-    one ulp (noise_floor.py) measure the noise of their own arithmetic."""
+def prove(jobs: list, kernels: str, values: "OriginalValues | None", *, seed: int, input_range, runs: int,
+          quant_steps: int, num_threads=None, progress: Callable[[str], None] | None = None) -> list[RegionCheck]:
+    """Run each pair of cut models (``regions.RegionJob``) on each input
+    set; one check per region.
+
+    Runs are the outer loop: the original's values of one run are computed
+    once and fed to every pair (a pair is loaded once when there is one, else
+    once per run, so that one pair's tensors are held at a time). A pair that
+    cannot load or run is proved again region by region, so that one bad
+    region fails alone. Regions that miss their fixed tolerance get the whole
+    model's second chance at their own scale: their original ops with every
+    float constant nudged by one ulp (noise_floor.py) measure the noise of
+    their own arithmetic."""
     say = progress or (lambda _msg: None)
     say(STAGE_REGIONS)
-    run = dict(kernels=kernels, captured=captured, seed=seed, input_range=input_range, runs=runs,
-               quant_steps=quant_steps, num_threads=num_threads)
-    try:
-        checks = _prove_batch(job.before, job.after, job.regions, **run)
-        _floor(checks, job.before, job.regions, run, say)
-        return list(checks.values())
-    except _BatchFailed as e:
-        batch_error = e.what
-    from .regions import single
+    cfg = _Config(kernels, values if values is not None and not values.error else None, seed, input_range,
+                  runs, quant_steps, num_threads)
+    pairs = [_Pair(j.before, j.after, j.regions) for j in jobs]
+    checks = _compare_pairs(pairs, cfg)
+    singles = []
+    for p in (p for p in pairs if p.failed):
+        from .regions import single
 
-    out = []
-    for meta in job.regions:
-        before, after = single(job.before, meta, "before_ops"), single(job.after, meta, "after_ops")
-        try:
-            checks = _prove_batch(before, after, [meta], **run)
-            _floor(checks, before, [meta], run, say)
-            out += checks.values()
-        except _BatchFailed as e:
-            out.append(RegionCheck(meta["index"], meta["subgraph"], False, "", message=e.what, proved=False))
-    for c in out:
-        c.message = c.message or f"proved alone (the batch of all regions did not run: {batch_error})"
-    return out
+        for meta in p.metas:
+            q = _Pair(single(p.before, meta, "before_ops"), single(p.after, meta, "after_ops"), [meta])
+            q.note = f"proved alone (its batch of regions did not run: {p.failed})"
+            singles.append(q)
+    if singles:
+        say(STAGE_REGIONS + f": {len(singles)} alone")
+        checks.update(_compare_pairs(singles, cfg))
+    _floor(checks, [p for p in pairs + singles if not p.failed], cfg, say)
+    return [checks[m["index"]] for j in jobs for m in j.regions]
 
 
-def _floor(checks: dict[int, "RegionCheck"], before: bytes, metas: list[dict], run: dict, say) -> None:
-    from . import noise_floor
+@dataclass
+class _Config:
+    kernels: str
+    values: "OriginalValues | None"
+    seed: int
+    input_range: tuple
+    runs: int
+    quant_steps: int
+    num_threads: int | None
 
-    failing = [m for m in metas if not checks[m["index"]].ok
-               and all(c.ok or (c.max_abs_error is not None and c.dtype.startswith("float") and not c.nonfinite_mismatch)
-                       for c in checks[m["index"]].outputs)]
-    if not failing:
-        return
-    say("proving the regions: measuring the noise floor of the ones that missed their tolerance")
-    floor: dict[tuple[int, str], float] = {}
-    for s in range(noise_floor.FLOOR_SEEDS):
-        nudged = _prove_batch(before, noise_floor.nudged(before, 1000 + s), failing, **run)
-        for i, r in nudged.items():
-            for c in r.outputs:
-                if c.max_abs_error is not None:
-                    floor[(i, c.name)] = max(floor.get((i, c.name), 0.0), c.max_abs_error)
-    for m in failing:
-        r = checks[m["index"]]
-        for c in r.outputs:
-            f = floor.get((m["index"], c.name))
-            if f is None:
-                continue
-            c.noise_floor = f
-            c.floor_ratio = c.max_abs_error / f if f > 0 else (0.0 if c.max_abs_error == 0 else float("inf"))
-            if not c.ok and f > 0 and c.max_abs_error <= noise_floor.FLOOR_MULTIPLE * f:
-                c.ok = True
-                c.accepted_by_floor = True
-                c.tolerance += f", or {noise_floor.FLOOR_MULTIPLE:g}x its noise floor {f:.3g}"
-        r.message = ""
-        _summarise(r)
-        r.floor_ratio = max((c.floor_ratio for c in r.outputs if c.floor_ratio is not None), default=None)
+    @property
+    def n_runs(self) -> int:
+        return self.values.runs if self.values is not None else max(1, self.runs)
 
 
 class _BatchFailed(Exception):
@@ -171,50 +190,134 @@ class _BatchFailed(Exception):
         self.what = what
 
 
-def _prove_batch(before: bytes, after: bytes, metas: list[dict], *, kernels: str, captured: list[dict], seed,
-                 input_range, runs, quant_steps, num_threads) -> dict[int, RegionCheck]:
-    sides = []
-    for label, model in (("the original ops", before), ("the rewritten ops", after)):
-        try:
-            interp = _interpreter(model, kernels, num_threads)
-            interp.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise _BatchFailed(f"{label} do not load alone: {_first_line(e)}") from None
-        sides.append((interp, {d["name"]: d for d in interp.get_input_details()},
-                      {d["name"]: d["index"] for d in interp.get_output_details()}))
-    rng = np.random.default_rng(seed + 1)
-    checks = {m["index"]: RegionCheck(m["index"], m["subgraph"], True, "real" if captured else "random")
-              for m in metas}
-    worst: dict[tuple[int, str], OutputCheck] = {}
-    for run in range(max(1, len(captured) or runs)):
-        values = captured[run] if captured else {}
-        for m in metas:
+class _Pair:
+    """One batch of regions: the cut models before and after, their regions,
+    and (while loaded) an interpreter for each."""
+
+    def __init__(self, before: bytes, after: bytes, metas: list[dict]):
+        self.before, self.after, self.metas = before, after, metas
+        self.failed = ""
+        self.note = ""
+        self.sides: list | None = None
+
+    def load(self, cfg: _Config) -> None:
+        self.sides = []
+        for label, model in (("the original ops", self.before), ("the rewritten ops", self.after)):
+            try:
+                interp = _interpreter(model, cfg.kernels, cfg.num_threads)
+                interp.allocate_tensors()
+            except (ValueError, RuntimeError) as e:
+                raise_if_out_of_memory(e)
+                self.sides = None
+                raise _BatchFailed(f"{label} do not load alone: {_first_line(e)}") from None
+            self.sides.append((interp, {d["name"]: d for d in interp.get_input_details()},
+                               {d["name"]: d["index"] for d in interp.get_output_details()}))
+
+    def run(self, seen: dict, run: int, cfg: _Config, random_inputs: set):
+        """Feed both sides one input set; yield (region, output, a, b)."""
+        for m in self.metas:
+            rng = np.random.default_rng([cfg.seed, run, m["index"]])  # the same values for every pair it is in
             for name, src in m["inputs"]:
-                d = sides[0][1][name]
-                v = values.get((m["subgraph"], src))
+                d = self.sides[0][1][name]
+                v = seen.get((m["subgraph"], src))
                 if v is None or list(v.shape) != list(d["shape"]) or v.dtype != d["dtype"]:
-                    if captured:
-                        checks[m["index"]].inputs = "random"
-                    v = random_value(list(d["shape"]), d["dtype"], rng, input_range)
-                for interp, ins, _ in sides:
+                    random_inputs.add(m["index"])
+                    v = random_value(list(d["shape"]), d["dtype"], rng, cfg.input_range)
+                for interp, ins, _ in self.sides:
                     interp.set_tensor(ins[name]["index"], v)
-        for interp, label in zip((sides[0][0], sides[1][0]), ("the original ops", "the rewritten ops")):
+        for (interp, _, _), label in zip(self.sides, ("the original ops", "the rewritten ops")):
             try:
                 interp.invoke()
             except (ValueError, RuntimeError) as e:
+                raise_if_out_of_memory(e)
                 raise _BatchFailed(f"{label} do not run alone: {_first_line(e)}") from None
-        for m in metas:
+        (a_it, _, a_out), (b_it, _, b_out) = self.sides
+        for m in self.metas:
             for name in m["outputs"]:
-                a = np.array(sides[0][0].get_tensor(sides[0][2][name]))
-                b = np.array(sides[1][0].get_tensor(sides[1][2][name]))
-                c = _compare("", name, a, b, m["atol"], m["rtol"], quant_steps, m["range_atol"])
-                prev = worst.get((m["index"], name))
-                worst[(m["index"], name)] = c if prev is None else prev.merge(c)
-    for (i, _), c in worst.items():
-        checks[i].outputs.append(c)
-    for r in checks.values():
-        _summarise(r)
+                yield m, name, np.array(a_it.get_tensor(a_out[name])), np.array(b_it.get_tensor(b_out[name]))
+
+
+def _run_pairs(pairs: list[_Pair], cfg: _Config, random_inputs: set):
+    """Every pair on every run, runs outermost; yield what ``_Pair.run`` does.
+    A pair that fails is marked (``failed``) and left out from then on."""
+    keep = len(pairs) == 1
+    for run in range(cfg.n_runs):
+        seen = cfg.values(run) if cfg.values is not None else {}
+        for p in pairs:
+            if p.failed:
+                continue
+            try:
+                if p.sides is None:
+                    p.load(cfg)
+                yield from p.run(seen, run, cfg, random_inputs)
+            except _BatchFailed as e:
+                p.failed = e.what
+            if not keep or p.failed:
+                p.sides = None
+    for p in pairs:
+        p.sides = None
+
+
+def _compare_pairs(pairs: list[_Pair], cfg: _Config) -> dict[int, RegionCheck]:
+    worst: dict[tuple[int, str], OutputCheck] = {}
+    random_inputs: set[int] = set()
+    for m, name, a, b in _run_pairs(pairs, cfg, random_inputs):
+        c = _compare("", name, a, b, m["atol"], m["rtol"], cfg.quant_steps, m["range_atol"])
+        prev = worst.get((m["index"], name))
+        worst[(m["index"], name)] = c if prev is None else prev.merge(c)
+    checks: dict[int, RegionCheck] = {}
+    for p in pairs:
+        for m in p.metas:
+            i = m["index"]
+            if p.failed:
+                checks[i] = RegionCheck(i, m["subgraph"], False, "", message=p.failed, proved=False)
+                continue
+            r = RegionCheck(i, m["subgraph"], True, "random" if cfg.values is None or i in random_inputs else "real",
+                            outputs=[worst[(i, name)] for name in m["outputs"]])
+            _summarise(r)
+            r.message = r.message or p.note
+            checks[i] = r
     return checks
+
+
+def _floor(checks: dict[int, RegionCheck], pairs: list[_Pair], cfg: _Config, say) -> None:
+    from . import noise_floor
+
+    def may_help(r: RegionCheck) -> bool:
+        return r.proved and not r.ok and all(c.ok or (c.max_abs_error is not None and c.dtype.startswith("float")
+                                                      and not c.nonfinite_mismatch) for c in r.outputs)
+
+    todo = [p for p in pairs if any(may_help(checks[m["index"]]) for m in p.metas)]
+    if not todo:
+        return
+    say("proving the regions: measuring the noise floor of the ones that missed their tolerance")
+    floor: dict[tuple[int, str], float] = {}
+    for s in range(noise_floor.FLOOR_SEEDS):
+        nudged = [_Pair(p.before, noise_floor.nudged(p.before, 1000 + s),
+                        [m for m in p.metas if may_help(checks[m["index"]])]) for p in todo]
+        for m, name, a, b in _run_pairs(nudged, cfg, set()):
+            c = _compare("", name, a, b, 0.0, 0.0, cfg.quant_steps)
+            if c.max_abs_error is not None:
+                key = (m["index"], name)
+                floor[key] = max(floor.get(key, 0.0), c.max_abs_error)
+    for p in todo:
+        for m in p.metas:
+            r = checks[m["index"]]
+            if not may_help(r):
+                continue
+            for c in r.outputs:
+                f = floor.get((m["index"], c.name))
+                if f is None:
+                    continue
+                c.noise_floor = f
+                c.floor_ratio = c.max_abs_error / f if f > 0 else (0.0 if c.max_abs_error == 0 else float("inf"))
+                if not c.ok and f > 0 and c.max_abs_error <= noise_floor.FLOOR_MULTIPLE * f:
+                    c.ok = True
+                    c.accepted_by_floor = True
+                    c.tolerance += f", or {noise_floor.FLOOR_MULTIPLE:g}x its noise floor {f:.3g}"
+            r.message = ""
+            _summarise(r)
+            r.floor_ratio = max((c.floor_ratio for c in r.outputs if c.floor_ratio is not None), default=None)
 
 
 def _summarise(r: RegionCheck) -> None:

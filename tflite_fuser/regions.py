@@ -6,10 +6,11 @@ tensors at its edges. Rewrites that touch (one took out an op another put
 in) form one region. For each region this cuts two small graphs from the
 models themselves: the original ops of the region (*before*) and the ops that
 replaced them (*after*), each with the region's boundary tensors as inputs and
-outputs and its constants as constants. All regions go into one pair of
-models, each region with its own copies of its boundary tensors so that the
-regions stay independent: the verifier's child runs the pair once per input
-set, in one interpreter each, and compares region by region
+outputs and its constants as constants. Regions go into one pair of models
+(a few pairs when their tensors are large, see :data:`BATCH_BYTES`), each
+region with its own copies of its boundary tensors so that the regions stay
+independent: the verifier's child runs a pair once per input set, in one
+interpreter each, and compares region by region
 (:mod:`region_proof`). Each region's ops sit in one contiguous span of the
 pair's operator lists, so that a region the batch cannot run can be cut out
 alone again.
@@ -110,6 +111,61 @@ def find(model: Model, original_ops: dict[Subgraph, list[Operator]], rewrites: l
     return regions
 
 
+def steps(region: Region, original: list[Operator], first_index: int) -> list[Region]:
+    """A region of several rewrites as one region per rewrite: the region's
+    state just before that rewrite against its state just after, at the
+    region's own edges. The first step whose proof fails names the rewrite
+    at fault, so that only it is reverted. [] when a state does not keep the
+    region's edges (then the region is reverted whole)."""
+    producer: dict[Tensor, Operator] = {}
+    for op in itertools.chain(original, *(r.added for r in region.rewrites)):
+        for t in op.outputs:
+            if t is not None:
+                producer[t] = op
+    states = [set(region.before)]
+    for r in region.rewrites:
+        states.append((states[-1] - set(r.removed)) | set(r.added))
+    cut = []
+    for state in states:
+        ops = _with_weights(state, producer)
+        produced = {t for op in ops for t in op.outputs if t is not None}
+        reads = {t for op in ops for t in op.inputs if t is not None and not t.is_constant and t not in produced}
+        if not reads <= set(region.inputs) or not set(region.outputs) <= produced:
+            return []
+        cut.append(_in_order(ops))
+    return [Region(first_index + j, region.subgraph, [r], cut[j], cut[j + 1], region.inputs, region.outputs)
+            for j, r in enumerate(region.rewrites)]
+
+
+def _with_weights(state: set[Operator], producer: dict) -> set[Operator]:
+    ops = set(state)
+    for op in state:
+        for t in op.inputs:
+            p = producer.get(t) if t is not None else None
+            if p is not None and _is_weight(p):
+                ops.add(p)
+    return ops
+
+
+def _in_order(ops: set[Operator]) -> list[Operator]:
+    """``ops`` with every producer before its readers (Kahn's algorithm)."""
+    made = {t: op for op in ops for t in op.outputs if t is not None}
+    needs = {op: {made[t] for t in op.inputs if t is not None and t in made and made[t] is not op} for op in ops}
+    order, ready = [], [op for op in ops if not needs[op]]
+    readers: dict[Operator, list[Operator]] = {}
+    for op, deps in needs.items():
+        for d in deps:
+            readers.setdefault(d, []).append(op)
+    while ready:
+        op = ready.pop()
+        order.append(op)
+        for r in readers.get(op, ()):
+            needs[r].discard(op)
+            if not needs[r]:
+                ready.append(r)
+    return order
+
+
 def _group(rewrites: list) -> list[list]:
     """Rewrites that touch (one took out an op another put in), together."""
     parent = list(range(len(rewrites)))
@@ -183,11 +239,29 @@ def _is_weight(op: Operator) -> bool:
         and len(op.outputs) == 1 and op.outputs[0] is not None
 
 
-def job(model: Model, regions: list[Region]) -> RegionJob | None:
-    """The cut models of every region that can be proved alone, all in one pair."""
-    provable = [r for r in regions if r.problem is None]
-    if not provable:
-        return None
+#: the tensors one batch of regions may hold (their values, each side): a
+#: batch is one interpreter pair, and thousands of small regions fit in one,
+#: while a few large ones get a pair each rather than all the memory at once
+BATCH_BYTES = 256 << 20
+
+
+def jobs(model: Model, regions: list[Region]) -> list[RegionJob]:
+    """The cut models of every region that can be proved alone, in batches
+    of at most :data:`BATCH_BYTES` of tensors (a larger region alone)."""
+    batches: list[list[Region]] = []
+    size = 0
+    for r in (r for r in regions if r.problem is None):
+        n = sum(t.value_bytes for t in {t for op in r.before for t in itertools.chain(op.inputs, op.outputs)
+                                         if t is not None and not t.is_constant})
+        if not batches or size + n > BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(r)
+        size += n
+    return [_job(model, batch) for batch in batches]
+
+
+def _job(model: Model, provable: list[Region]) -> RegionJob:
     before, after = _Cut(model), _Cut(model)
     meta = []
     for r in provable:

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .errors import FuseError
+
 #: attempts (each a full run of the passes and both proofs) before giving up
 MAX_ATTEMPTS = 8
 
@@ -61,7 +63,7 @@ def recover(attempt, rerun: Rerun, say: Callable[[str], None]) -> tuple[Any, lis
         if v is None or v.ok:
             break
         culprits = failing_regions(attempt)
-        if not culprits and v.whole_model == "ran" and not _whole_ok(v):
+        if not culprits and v.whole_model == "ran" and not _whole_ok(v) and not _not_a_rewrite(v):
             say(f"verifying: bisecting {len(attempt.ctx.rewrites)} rewrites for the one the whole model fails on")
             culprits = bisect(attempt, rerun, forbidden, say)
         if not culprits:
@@ -75,6 +77,11 @@ def recover(attempt, rerun: Rerun, say: Callable[[str], None]) -> tuple[Any, lis
     return attempt, reverted
 
 
+def _not_a_rewrite(v) -> bool:
+    """Failures no revert can fix: the verifier ran out of memory or time."""
+    return any(why in v.message for why in ("ran out of memory", "took longer than"))
+
+
 def _whole_ok(v) -> bool:
     return bool(v.outputs) and all(c.ok for c in v.outputs) and not v.message.startswith("the rewritten model")
 
@@ -86,11 +93,17 @@ def failing_regions(attempt) -> list[tuple[Any, str]]:
     by_index = {r.index: r for r in attempt.regions}
     out = []
     whole = "" if v.whole_model == "ran" else f"; the whole model could not be run either ({v.whole_model})"
-    for check in v.regions:
-        if not check["ok"]:
-            region = by_index[check["index"]]
-            why = (f"its region proof failed: {check['message']}" if check["proved"] else
-                   f"unproved: {check['message']}{whole}")
+    failed = [(by_index[c["index"]], c) for c in v.regions if not c["ok"]]
+    several = [region for region, c in failed if c["proved"] and len(region.rewrites) > 1]
+    at_fault = attempt.pinpoint(several) if several else {}
+    for region, check in failed:
+        why = (f"its region proof failed: {check['message']}" if check["proved"] else
+               f"unproved: {check['message']}{whole}")
+        if region.index in at_fault:
+            rw = at_fault[region.index]
+            others = len(region.rewrites) - 1
+            out.append((rw, f"{why} (of the {others + 1} rewrites there, the one whose own step fails)"))
+        else:
             out += [(rw, why) for rw in region.rewrites]
     if v.whole_model != "ran":
         for region in attempt.regions:
@@ -111,7 +124,11 @@ def bisect(attempt, rerun: Rerun, forbidden: dict, say: Callable[[str], None]) -
         mid = (lo + hi) // 2
         step += 1
         say(f"verifying: bisecting, trial {step} ({mid} of {len(keys)} rewrites)")
-        trial = rerun(dict(forbidden), frozenset(keys[:mid]), False)
+        try:
+            trial = rerun(dict(forbidden), frozenset(keys[:mid]), False)
+        except FuseError as e:  # the trial could not be proved at all: no verdict to bisect on
+            say(f"verifying: bisection stopped ({e})")
+            return []
         ok = trial.verification is None or trial.verification.ok
         trial.discard()
         lo, hi = (mid, hi) if ok else (lo, mid)

@@ -26,6 +26,7 @@ lines it wrote before a crash go into the error message.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import select
@@ -39,6 +40,7 @@ from typing import Any, Callable
 
 from .errors import BadModelError
 from .options import VerifyOptions
+from .region_proof import STAGE_CAPTURE
 from .verifier import STAGE_LOAD_ORIGINAL, STAGE_RUN_ORIGINAL, Verification
 
 #: frame header: payload length, little-endian uint64
@@ -64,8 +66,43 @@ def child_environment() -> dict[str, str]:
     return env
 
 
+#: what the child addresses before any model: Python, numpy, LiteRT (measured ~200 MiB)
+CHILD_BASELINE = 256 << 20
+
+
+def memory_needed(model, file_bytes: int) -> int:
+    """A lower bound on what the child must address to prove ``model``: it
+    holds two interpreters at once (the original and the fused model, about
+    the same size), each maps its file, and the tensors one operator reads
+    and writes are alive together whatever the arena planner does. When even
+    this is over the limit, the proof is bound to fail: say so before trying."""
+    largest = 0
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            seen = {t for t in itertools.chain(op.inputs, op.outputs) if t is not None and not t.is_constant}
+            largest = max(largest, sum(t.value_bytes for t in seen))
+    return CHILD_BASELINE + 2 * (file_bytes + largest)
+
+
+def check_memory(need: int, limit: int | None, failure: str | None = None) -> None:
+    """BadModelError when a model that needs at least ``need`` bytes cannot
+    run within the child's ``limit``: surely when ``need`` is over it; and,
+    once the interpreter failed to load the input (``failure``), when it needed
+    more than half of it (its tensors beyond one operator's then likely
+    ran into the limit)."""
+    if not limit or (need <= limit if failure is None else need <= limit / 2):
+        return
+    what = (f"proving the model needs at least {need / 2**30:.3g} GiB (two interpreters, each with the file and "
+            f"the tensors of the largest operator)" if failure is None else
+            f"the interpreter could not run the input model ({failure}), which needs at least "
+            f"{need / 2**30:.3g} GiB")
+    raise BadModelError(f"{what}, more than the verifier may address ({limit / 2**30:.3g} GiB); --verify-memory "
+                        f"SIZE raises the limit, --no-verify skips verification")
+
+
 def verify_isolated(original, candidate, check: VerifyOptions | None = None, *, regions=None,
-                    sig_subgraphs=None, progress: Callable[[str], None] | None = None) -> Verification:
+                    sig_subgraphs=None, whole: bool = True,
+                    progress: Callable[[str], None] | None = None) -> Verification:
     """:func:`proof.prove` (the whole-model proof, and the region proofs of
     ``regions``, a :class:`regions.RegionJob`) in a child process, with
     ``check.timeout`` as the time limit and ``check.memory_bytes`` as the
@@ -73,7 +110,7 @@ def verify_isolated(original, candidate, check: VerifyOptions | None = None, *, 
     check = check or VerifyOptions()
     kwargs = check.check_kwargs()
     memory = check.memory_bytes
-    job = {**kwargs, "regions": regions, "sig_subgraphs": sig_subgraphs}
+    job = {**kwargs, "regions": regions, "sig_subgraphs": sig_subgraphs, "whole": whole}
     return _in_child("prove", original, candidate, job, check.timeout, progress,
                      lambda stage, what, last_words: _blame(stage, what, kwargs, last_words, memory), memory)
 
@@ -210,9 +247,13 @@ def _death(returncode: int | None) -> str:
 
 def _blame(stage: str, what: str, kwargs, last_words: str, memory_limit: int | None = None) -> Verification:
     said = f" ({last_words})" if last_words else ""
-    if memory_limit and (what == "ran out of memory" or "bad_alloc" in last_words or "memory" in last_words.lower()):
-        said += (f" [the verifier may address {memory_limit / 2**30:.3g} GiB; --verify-memory changes the limit]")
-    if stage in (STAGE_LOAD_ORIGINAL, STAGE_RUN_ORIGINAL):
+    if memory_limit and (what == "ran out of memory" or "bad_alloc" in last_words):
+        # Not the rewrite's fault (the fused model needs what the original
+        # does): the proof does not fit in the memory it may use.
+        raise BadModelError(f"the verifier ran out of memory while {stage}{said}: it may address "
+                            f"{memory_limit / 2**30:.3g} GiB; --verify-memory SIZE raises the limit, --no-verify "
+                            f"skips verification")
+    if stage in (STAGE_LOAD_ORIGINAL, STAGE_RUN_ORIGINAL, STAGE_CAPTURE):
         raise BadModelError(f"the TFLite interpreter {what} while {stage}{said}; "
                             f"pass --no-verify to skip verification")
     return Verification(ok=False, runs=0, atol=kwargs.get("atol", 0.0), rtol=kwargs.get("rtol", 0.0),

@@ -14,9 +14,14 @@ nothing the C++ runtime or a kernel prints can corrupt the frame stream.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import sys
+
+#: what a proof imports lazily, imported before the memory limit is set
+_PRELOAD = ("numpy.random", "ai_edge_litert.interpreter", "tflite_fuser.noise_floor", "tflite_fuser.reader",
+            "tflite_fuser.region_proof", "tflite_fuser.regions", "tflite_fuser.writer")
 
 
 def main() -> int:
@@ -24,12 +29,14 @@ def main() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     job = pickle.loads(sys.stdin.buffer.read())
-    limit_memory(job.get("memory_limit"))
 
     from .bench import measure
     from .proof import prove
     from .sandbox import FRAME
     from .verifier import verify
+    for name in _PRELOAD:  # loaded before the limit: it is for the models' allocations, not our code's
+        importlib.import_module(name)
+    limit_memory(job.get("memory_limit"))
 
     def send(kind: str, payload) -> None:
         data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
@@ -39,8 +46,12 @@ def main() -> int:
         task = {"verify": verify, "prove": prove, "bench": measure}[job.get("task", "verify")]
         result = task(job["original"], job["candidate"], progress=lambda m: send("stage", m), **job["kwargs"])
         send("result", result)
-    except MemoryError:
-        send("out of memory", None)
+    except (MemoryError, ImportError) as e:
+        # an ImportError "failed to map segment": a library loaded after the limit, which it did not fit in
+        if isinstance(e, ImportError) and "failed to map" not in str(e):
+            send("error", e)
+        else:
+            send("out of memory", None)
     except Exception as e:  # re-raised in the parent, which knows how to report it
         try:
             send("error", e)
@@ -63,6 +74,9 @@ def limit_memory(limit: int | None) -> None:
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        from . import verifier
+
+        verifier.MEMORY_LIMITED = True
     except (ImportError, ValueError, OSError):  # pragma: no cover - not POSIX, or not allowed
         pass
 

@@ -387,6 +387,7 @@ def _verify_with(kernels: str, original, candidate, *, num_threads, progress, **
     try:
         ref_r = _load(original, kernels, num_threads)
     except (ValueError, RuntimeError) as e:
+        raise_if_out_of_memory(e)
         raise _OriginalDoesNotRun(f"it does not load: {_first_line(e)}") from None
     if kernels == "micro":
         result.micro_arena = ref_r[0].arena_bytes
@@ -394,6 +395,7 @@ def _verify_with(kernels: str, original, candidate, *, num_threads, progress, **
     try:
         new_r = _load(candidate, kernels, num_threads)
     except (ValueError, RuntimeError) as e:
+        raise_if_out_of_memory(e)
         result.ok = False
         result.message = f"the rewritten model does not load: {_first_line(e)}"
         return result
@@ -423,11 +425,13 @@ def _verify_runnables(ref_r, new_r, result: Verification, *, atol, rtol, runs, s
             try:
                 a = ref.run(feeds)
             except (ValueError, RuntimeError) as e:
+                raise_if_out_of_memory(e)
                 raise _OriginalDoesNotRun(f"it fails to run: {_first_line(e)}") from None
             say(STAGE_RUN_CANDIDATE)
             try:
                 b = new.run(feeds if not by_position else dict(zip(new.input_specs(), feeds.values())))
             except (ValueError, RuntimeError) as e:
+                raise_if_out_of_memory(e)
                 result.ok = False
                 result.message = f"the rewritten model fails to run: {_first_line(e)}"
                 return result
@@ -488,26 +492,68 @@ def _compare(sig: str, name: str, a: np.ndarray, b: np.ndarray, atol: float, rto
         check = OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, f"±{steps} step",
                             bool(max_abs <= steps), float(np.abs(a.astype(np.float64)).max(initial=0.0)))
         return _with_worst(check, diff.astype(np.float64), np.full(diff.shape, float(steps)), a)
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    finite = np.isfinite(a64) & np.isfinite(b64)
-    # Non-finite values must agree exactly (same inf, both nan).
-    same_nonfinite = np.all((a64 == b64) | (np.isnan(a64) & np.isnan(b64)) | finite)
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.where(finite, np.abs(a64 - b64), 0.0)
-    finite_a = np.abs(a64[np.isfinite(a64)])
-    scale = float(finite_a.max(initial=0.0))
+    return _compare_float(sig, name, dtype, a, b, atol, rtol, range_atol)
+
+
+#: elements compared at a time: float64 temporaries of a chunk stay in cache,
+#: and a large output costs no more memory than a small one
+_CHUNK = 1 << 16
+
+
+def _compare_float(sig: str, name: str, dtype: str, a: np.ndarray, b: np.ndarray, atol: float, rtol: float,
+                   range_atol: bool) -> OutputCheck:
+    """Floats, chunk by chunk, in the outputs' own precision (float32 for
+    float16 and float32: ``|a-b|`` is then exact to a relative 6e-8 of
+    itself, far below any tolerance; float64 stays float64)."""
+    work = np.float64 if a.dtype == np.float64 or b.dtype == np.float64 else np.float32
+    af, bf = a.reshape(-1), b.reshape(-1)
+    n = af.size
+    scale, nonfinite_ref = 0.0, 0
+    for i in range(0, n, _CHUNK):  # the output's scale first: a range atol depends on it
+        x = np.abs(af[i:i + _CHUNK].astype(work, copy=False))
+        fin = np.isfinite(x)
+        if not fin.all():
+            nonfinite_ref += int(x.size - fin.sum())
+            x = x[fin]
+        scale = max(scale, float(x.max(initial=0.0)))
     eff_atol = atol * max(1.0, scale) if range_atol else atol
-    with np.errstate(invalid="ignore"):
-        bound = eff_atol + rtol * np.where(finite, np.abs(a64), 0.0)
-    max_abs = float(diff.max(initial=0.0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(finite & (a64 != 0), diff / np.abs(a64), 0.0)
-    max_rel = float(rel.max(initial=0.0))
-    ok = bool(same_nonfinite and np.all(np.where(finite, diff <= bound, True)))
+    max_abs = max_rel = 0.0
+    ok = same_nonfinite = True
+    worst = (-1.0, 0.0, 0.0, 0.0)  # (share of its bound, |a-b|, bound, a) of the closest element
+    for i in range(0, n, _CHUNK):
+        x, y = af[i:i + _CHUNK].astype(work), bf[i:i + _CHUNK].astype(work)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            diff = np.subtract(x, y)
+            np.abs(diff, out=diff)
+            abs_a = np.abs(x)
+            finite = np.isfinite(diff)
+            if not finite.all():  # non-finite values must agree exactly (same inf, both nan)
+                same_nonfinite &= bool(np.all((x == y) | (np.isnan(x) & np.isnan(y)) | finite))
+                diff[~finite] = 0
+                abs_a[~finite] = 0
+            bound = abs_a * work(rtol)
+            bound += work(eff_atol)
+            max_abs = max(max_abs, float(diff.max(initial=0.0)))
+            rel = np.divide(diff, abs_a, out=np.zeros_like(diff), where=abs_a != 0)
+            max_rel = max(max_rel, float(rel.max(initial=0.0)))
+            ok &= bool(np.all(diff <= bound))
+            if eff_atol > 0:
+                used = np.divide(diff, bound, out=rel)
+            else:
+                used = np.where(bound > 0, diff / np.where(bound > 0, bound, 1), np.where(diff > 0, np.inf, 0))
+        j = int(np.argmax(used)) if used.size else 0
+        if used.size and used[j] > worst[0]:
+            worst = (float(used[j]), float(diff[j]), float(bound[j]), float(x[j]))
     tol = f"atol={eff_atol:g}{' (range)' if range_atol else ''} rtol={rtol:g}"
-    check = OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, tol, ok, scale,
-                        int(a64.size - finite_a.size), nonfinite_mismatch=not bool(same_nonfinite))
-    return _with_worst(check, diff, bound, a64)
+    check = OutputCheck(sig, name, dtype, list(a.shape), max_abs, max_rel, tol, ok and same_nonfinite, scale,
+                        nonfinite_ref, nonfinite_mismatch=not same_nonfinite)
+    if n == 0:
+        check.bound_used = 0.0
+        return check
+    share = worst[0]
+    check.bound_used = share if np.isfinite(share) else None  # None: an exact match (bound 0) was missed
+    check.worst_abs_error, check.worst_bound, check.worst_reference = worst[1], worst[2], worst[3]
+    return check
 
 
 def _with_worst(check: OutputCheck, diff: np.ndarray, bound: np.ndarray, ref: np.ndarray) -> OutputCheck:
@@ -524,6 +570,20 @@ def _with_worst(check: OutputCheck, diff: np.ndarray, bound: np.ndarray, ref: np
     check.worst_bound = float(bound.reshape(-1)[i])
     check.worst_reference = float(ref.reshape(-1)[i])
     return check
+
+
+#: set in the verifier's child when its address space is limited (sandbox_child.limit_memory)
+MEMORY_LIMITED = False
+
+
+def raise_if_out_of_memory(e: BaseException) -> None:
+    """Under a memory limit, an interpreter error that is an allocation
+    failure (LiteRT raises it with no message, or names the allocation)
+    becomes MemoryError: the proof did not fit, which no kernel set and no
+    revert fixes (the child reports it as such, exit 2)."""
+    text = str(e).strip().lower()
+    if MEMORY_LIMITED and (not text or "bad_alloc" in text or "allocate" in text or "out of memory" in text):
+        raise MemoryError(str(e)) from e
 
 
 def _first_line(e: BaseException) -> str:

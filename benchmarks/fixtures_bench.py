@@ -13,9 +13,10 @@ the same weather).
 
 The target table (``tflite_fuser/targets.py``) is checked against what is
 measured: on each target's own kernels its fused model must be no more than
-2% slower than the other target's (where the two differ), and no slower than
-the original. A violation prints ``TABLE CHECK FAILED`` and the script exits
-with status 1.
+2% slower than the other target's (where the two differ), and no more than 2%
+slower than the original (where it changed anything), each plus the noise of
+the measurement (the original timed against itself in the same rounds). A
+violation prints ``TABLE CHECK FAILED`` and the script exits with status 1.
 
     python -m benchmarks.fixtures_bench [--only naive/mobilenetv2 ...] [--rounds 9]
 """
@@ -94,6 +95,12 @@ def bench_fixture(entry: dict, tmp: Path, rounds: int) -> dict:
                        "tool_peak_mb": job.peak_bytes / 1e6}
         paths.append(dst)
     row["same_for_both_targets"] = paths[1].read_bytes() == paths[2].read_bytes()
+    original = src.read_bytes()
+    for i, target in enumerate(TARGETS):
+        row[target]["unchanged"] = paths[1 + i].read_bytes() == original
+    # The original a second time: what it "gains" over itself is the noise of
+    # this measurement (the check allows that much on top of its tolerance).
+    paths.append(src)
     if entry.get("ideal"):
         from tflite_fuser import load
 
@@ -103,7 +110,8 @@ def bench_fixture(entry: dict, tmp: Path, rounds: int) -> dict:
         ms, ratio = speedups(paths, kernels, rounds)
         row[f"on_{kernels}"] = {"before_ms": ms[0],
                                 **{f"{t}_ms": ms[1 + i] for i, t in enumerate(TARGETS)},
-                                **{f"{t}_speedup": ratio[1 + i] for i, t in enumerate(TARGETS)}}
+                                **{f"{t}_speedup": ratio[1 + i] for i, t in enumerate(TARGETS)},
+                                "noise": abs(1 - ratio[1 + len(TARGETS)])}
         if entry.get("ideal"):
             row[f"on_{kernels}"].update(ideal_ms=ms[-1], ideal_speedup=ratio[-1])
     return row
@@ -117,10 +125,13 @@ def check_table(rows: list[dict]) -> list[str]:
             m = r[f"on_{target}"]
             other = next(t for t in TARGETS if t != target)
             mine, theirs = m[f"{target}_speedup"], m[f"{other}_speedup"]
-            if mine < 1 / TOLERANCE:
+            allowed = TOLERANCE + m.get("noise", 0.0)
+            if r[target].get("unchanged"):
+                continue  # nothing fused for this target: the same file, nothing to hold it to
+            if mine < 1 / allowed:
                 failures.append(f"{r['fixture']}: fused for {target}, it is {1 / mine:.3f}x slower than the original "
                                 f"on the {target} kernels")
-            if not r["same_for_both_targets"] and mine * TOLERANCE < theirs:
+            if not r["same_for_both_targets"] and mine * allowed < theirs:
                 failures.append(f"{r['fixture']}: on the {target} kernels the {target} target's choice runs "
                                 f"{theirs / mine:.3f}x slower than the {other} target's")
     return failures

@@ -83,7 +83,7 @@ def test_regions_of_a_model_that_runs_are_proved_on_its_own_values(tmp_path, cap
     s = report["verification"]["region_summary"]
     assert (s["regions"], s["failed"], s["inputs"]) == (6, 0, "real")
     assert report["verification"]["whole_model"] == "ran"
-    assert "regions: 6 rewrite(s) proved alone on the original's own values at their edges" in out
+    assert "regions: 6 (12 rewrites) proved alone on the original's own values at their edges" in out
 
 
 # --------------------------------------------------------- revert what fails
@@ -148,15 +148,25 @@ def test_a_deep_chain_whose_folds_are_right_passes_on_its_noise_floor(tmp_path, 
 
 
 @pytest.mark.parametrize("fault", [{"scale": 1.01}, {"bias_share": 0.01}], ids=["scale-1%", "bias-1%-of-range"])
-def test_a_one_percent_fault_in_one_block_of_the_deep_chain_still_fails(monkeypatch, fault):
+def test_a_one_percent_fault_in_one_block_of_the_deep_chain_still_fails(tmp_path, capsys, monkeypatch, fault):
     model = models.deep_chain()
-    _wrong_fold(monkeypatch, _conv_outputs(model)[50], **fault)
-    whole_only = fuse(model, regions=False).report["verification"]
-    (o,) = whole_only["outputs"]
-    assert not whole_only["ok"] and o["floor_ratio"] > 10 and not o["accepted_by_floor"]
-    result = fuse(model)  # the region proof names it, and it is reverted
-    assert result.ok and [r["key"][2] for r in result.report["reverted"]] == [
-        f"CONV_2D -> {_conv_outputs(model)[50]!r}"]
+    bad = _conv_outputs(model)[50]
+    _wrong_fold(monkeypatch, bad, **fault)
+    rc, _, _, report = _cli(capsys, tmp_path, model, "--strict")
+    assert rc == 1 and not (tmp_path / "out.tflite").exists()
+    (o,) = report["verification"]["outputs"]
+    assert not o["ok"] and o["floor_ratio"] > 10 and not o["accepted_by_floor"]  # the noise floor does not excuse it
+    (region,) = [r for r in report["verification"]["regions"] if not r["ok"]]  # one region names it
+    assert region["rewrites"][0].startswith("fold-affine: folded MUL -> ADD into CONV_2D")
+    rc, _, err, report = _cli(capsys, tmp_path, model)  # without --strict: that rewrite alone is reverted
+    assert rc == 0 and [r["key"][2] for r in report["reverted"]] == [f"CONV_2D -> {bad!r}"]
+
+
+def test_without_region_proofs_the_whole_model_proof_alone_fails_the_fault(monkeypatch):
+    model = models.deep_chain()
+    _wrong_fold(monkeypatch, _conv_outputs(model)[50], scale=1.01)
+    result = fuse(model, regions=False)
+    assert not result.ok and result.report["verification"]["regions"] == [] and result.report["reverted"] == []
 
 
 # ------------------------------------------------------------ memory

@@ -200,15 +200,19 @@ class _Attempt:
         n = 1 + max((r.index for r in self.regions), default=0)
         step_of: dict[int, tuple[Region, Any]] = {}
         subs = []
+        made: dict[int, dict] = {}
         for region in failing:
-            for sub in regions.steps(region, self.ctx.original_ops.get(self.model.subgraphs[region.subgraph], []), n):
+            if region.subgraph not in made:
+                made[region.subgraph] = regions.producers(
+                    self.ctx.original_ops.get(self.model.subgraphs[region.subgraph], []))
+            for sub in regions.steps(region, made[region.subgraph], n):
                 step_of[sub.index] = (region, sub.rewrites[0])
                 subs.append(sub)
             n += len(region.rewrites)
         if not subs:
             return {}
         self.say("verifying: proving the failing regions rewrite by rewrite")
-        v = _verify(self.original, self.original, self.check, regions.jobs(self.model, subs), self.sig_subgraphs,
+        v = _verify(self.original, self.original, self.check, regions.jobs(subs), self.sig_subgraphs,
                     self.say, whole=False)
         found: dict[int, Any] = {}
         for c in sorted(v.regions, key=lambda c: c["index"]):
@@ -311,7 +315,7 @@ def _attempt(model: Model, buf, original, dst_path: Path | None, opts: FuseOptio
                      f"{check.rtol:g} (--fp16-weights float32 folds exactly and verifies at the normal tolerance; "
                      f"--fp16-weights exact folds only where float16 holds the result exactly)")
     found = regions.find(model, ctx.original_ops, ctx.rewrites) if check.enabled and prove_regions else []
-    jobs = regions.jobs(model, found) or None
+    jobs = regions.jobs(found) or None
 
     # Nothing rewritten: the output is the input, byte for byte. Nothing to
     # prove, and --in-place leaves the file (and its backups) alone.

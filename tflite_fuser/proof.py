@@ -36,9 +36,11 @@ def prove(original, candidate, *, regions=None, sig_subgraphs: Mapping[str, int]
     alone (on the original's own values: it is known to run)."""
     result: Verification | None = None
     why_not = ""
+    start = time.perf_counter()
     try:
         if whole:
             result = verify(original, candidate, progress=progress, **check)
+            result.seconds = time.perf_counter() - start  # with loading both models, as the regions' time is
     except OriginalDoesNotRun as e:
         if regions is None:
             raise

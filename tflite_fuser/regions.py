@@ -34,8 +34,8 @@ from .writer import write_model
 #: A region's own tolerance, far tighter than the whole model's: one rewrite
 #: re-associates one multiply-add per output, so a right one differs by float
 #: rounding of its own terms only. atol is in units of each boundary output's
-#: largest magnitude (see verifier.py, ``range_atol``). Measured over the 115
-#: fixtures: the largest region used 3% of it (float32).
+#: largest magnitude (see verifier.py, ``range_atol``). Measured over the
+#: fixtures: the closest float32 region used 6% of it, float16 9% of its own.
 REGION_TOL = 1e-5
 #: ... when the region rounded folded weights back to float16, or computes in
 #: float16: one rounding of each weight to the float16 grid (2^-11 relative),
@@ -56,14 +56,6 @@ class Region:
     #: why it cannot be proved alone (None: it can)
     problem: str | None = None
 
-    @property
-    def keys(self) -> list[tuple]:
-        return [r.key for r in self.rewrites]
-
-    @property
-    def what(self) -> str:
-        return "; ".join(str(r) for r in self.rewrites)
-
     def tolerance(self) -> dict:
         fp16 = any(r.fp16_rerounded for r in self.rewrites) or any(
             t.dtype == TensorType.FLOAT16 for t in self.outputs)
@@ -82,10 +74,6 @@ class RegionJob:
     after: bytes
     regions: list[dict]
 
-    @property
-    def nbytes(self) -> int:
-        return len(self.before) + len(self.after)
-
 
 def find(model: Model, original_ops: dict[Subgraph, list[Operator]], rewrites: list) -> list[Region]:
     """The regions of ``rewrites`` (``PassContext.rewrites``), with their boundaries.
@@ -95,33 +83,54 @@ def find(model: Model, original_ops: dict[Subgraph, list[Operator]], rewrites: l
     original graph).
     """
     regions = []
+    graphs: dict[int, _Graphs] = {}
     for n, members in enumerate(_group(rewrites)):
         sgi = members[0].subgraph
-        sg = model.subgraphs[sgi]
+        if sgi not in graphs:  # once per subgraph: every region of it looks things up here
+            graphs[sgi] = _Graphs(model, model.subgraphs[sgi], original_ops.get(model.subgraphs[sgi], []))
+        g = graphs[sgi]
         removed = {op for r in members for op in r.removed}
         added = {op for r in members for op in r.added}
-        original = original_ops.get(sg, [])
-        order = {op: i for i, op in enumerate(original)}
-        before = sorted((op for op in removed - added if op in order), key=order.__getitem__)
-        final = {op: i for i, op in enumerate(sg.operators)}
-        after = sorted((op for op in added - removed if op in final), key=final.__getitem__)
+        before = sorted((op for op in removed - added if op in g.original_order), key=g.original_order.__getitem__)
+        after = sorted((op for op in added - removed if op in g.final_order), key=g.final_order.__getitem__)
         region = Region(n, sgi, members)
-        _boundaries(region, model, sg, original, before, after)
+        _boundaries(region, g, before, after)
         regions.append(region)
     return regions
 
 
-def steps(region: Region, original: list[Operator], first_index: int) -> list[Region]:
+class _Graphs:
+    """One subgraph before any pass ran and after the last: op order,
+    producers and readers on each side."""
+
+    def __init__(self, model: Model, sg: Subgraph, original: list[Operator]):
+        self.sg = sg
+        self.original = original
+        self.original_order = {op: i for i, op in enumerate(original)}
+        self.final_order = {op: i for i, op in enumerate(sg.operators)}
+        self.original_producer = producers(original)
+        self.original_readers: dict[Tensor, list[Operator]] = {}
+        for op in original:
+            for t in op.inputs:
+                if t is not None:
+                    self.original_readers.setdefault(t, []).append(op)
+        self.observed = set(sg.outputs) | model.signature_outputs(sg)
+
+
+def producers(ops: list[Operator]) -> dict[Tensor, Operator]:
+    return {t: op for op in ops for t in op.outputs if t is not None}
+
+
+def steps(region: Region, original_producer: dict[Tensor, Operator], first_index: int) -> list[Region]:
     """A region of several rewrites as one region per rewrite: the region's
     state just before that rewrite against its state just after, at the
     region's own edges. The first step whose proof fails names the rewrite
     at fault, so that only it is reverted. [] when a state does not keep the
-    region's edges (then the region is reverted whole)."""
-    producer: dict[Tensor, Operator] = {}
-    for op in itertools.chain(original, *(r.added for r in region.rewrites)):
-        for t in op.outputs:
-            if t is not None:
-                producer[t] = op
+    region's edges (then the region is reverted whole). ``original_producer``
+    is :func:`producers` of the subgraph's original operators."""
+    producer = dict(original_producer)
+    for r in region.rewrites:
+        producer.update(producers(list(r.added)))
     states = [set(region.before)]
     for r in region.rewrites:
         states.append((states[-1] - set(r.removed)) | set(r.added))
@@ -189,17 +198,9 @@ def _group(rewrites: list) -> list[list]:
     return list(groups.values())  # dicts keep insertion order: by each group's first rewrite
 
 
-def _boundaries(region: Region, model: Model, sg: Subgraph, original: list[Operator],
-                before: list[Operator], after: list[Operator]) -> None:
-    orig_producer = {t: op for op in original for t in op.outputs if t is not None}
-    orig_readers: dict[Tensor, list[Operator]] = {}
-    for op in original:
-        for t in op.inputs:
-            if t is not None:
-                orig_readers.setdefault(t, []).append(op)
-    observed = set(sg.outputs) | model.signature_outputs(sg)
-    b_ops, b_in, b_out = _side(before, orig_producer.get, lambda t: orig_readers.get(t, ()), observed)
-    a_ops, a_in, a_out = _side(after, sg.producer, sg.consumers, observed)
+def _boundaries(region: Region, g: _Graphs, before: list[Operator], after: list[Operator]) -> None:
+    b_ops, b_in, b_out = _side(before, g.original_producer.get, lambda t: g.original_readers.get(t, ()), g.observed)
+    a_ops, a_in, a_out = _side(after, g.sg.producer, g.sg.consumers, g.observed)
     region.before, region.after = b_ops, a_ops
     region.inputs = sorted(b_in, key=lambda t: t.source_index)
     region.outputs = sorted(b_out, key=lambda t: t.source_index)
@@ -245,7 +246,7 @@ def _is_weight(op: Operator) -> bool:
 BATCH_BYTES = 256 << 20
 
 
-def jobs(model: Model, regions: list[Region]) -> list[RegionJob]:
+def jobs(regions: list[Region]) -> list[RegionJob]:
     """The cut models of every region that can be proved alone, in batches
     of at most :data:`BATCH_BYTES` of tensors (a larger region alone)."""
     batches: list[list[Region]] = []
@@ -258,11 +259,11 @@ def jobs(model: Model, regions: list[Region]) -> list[RegionJob]:
             size = 0
         batches[-1].append(r)
         size += n
-    return [_job(model, batch) for batch in batches]
+    return [_job(batch) for batch in batches]
 
 
-def _job(model: Model, provable: list[Region]) -> RegionJob:
-    before, after = _Cut(model), _Cut(model)
+def _job(provable: list[Region]) -> RegionJob:
+    before, after = _Cut(), _Cut()
     meta = []
     for r in provable:
         tag = f"region{r.index}"
@@ -281,7 +282,7 @@ def _job(model: Model, provable: list[Region]) -> RegionJob:
 class _Cut:
     """One side of the region pair, built region by region."""
 
-    def __init__(self, source: Model):
+    def __init__(self):
         self.sg = Subgraph(name="regions")
         self.model = Model(description="tflite-fuse region proofs", subgraphs=[self.sg])
         self.opcodes: dict[OpCode, None] = {}

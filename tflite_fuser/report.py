@@ -102,14 +102,19 @@ def verification_lines(v: dict[str, Any], verbose: bool) -> list[str]:
         lines = [f"  verification: {status}, verified region by region ({regions['regions'] if regions else 0} "
                  f"regions); the whole model could not be run: {v['whole_model']}"]
     else:
+        floored = any(o.get("accepted_by_floor") for o in v["outputs"])
+        closest = (f"beyond the fixed bound atol + rtol x |a| (atol {v['atol']:g}, rtol {v['rtol']:g}) but within "
+                   f"{v['noise_floor_multiple']:g}x the model's own float noise" if floored and v["ok"] else
+                   f"the closest element at {_share(v['bound_used'])} of its bound atol + rtol x |a| "
+                   f"(atol {v['atol']:g}, rtol {v['rtol']:g})")
         lines = [f"  verification: {status} on {v['runs']} run(s), {len(v['outputs'])} output(s), {kernels} kernels: "
-                 f"max |a-b| {v['max_abs_error']:.3g}, the closest element at {_share(v['bound_used'])} of its "
-                 f"bound atol + rtol x |a| (atol {v['atol']:g}, rtol {v['rtol']:g})"]
+                 f"max |a-b| {v['max_abs_error']:.3g}, {closest}"]
     for o in v["outputs"]:
-        if o.get("accepted_by_floor"):
-            lines.append(f"    {o['name']}: beyond the fixed tolerance, but within {v['noise_floor_multiple']:g}x the "
-                         f"model's own float noise (max |a-b| {o['max_abs_error']:.3g}, noise floor "
-                         f"{o['noise_floor']:.3g}: {o['floor_ratio']:.2g}x)")
+        if o.get("noise_floor") is not None:
+            lines.append(f"    {o['name']}: max |a-b| {o['max_abs_error']:.3g}, its noise floor {o['noise_floor']:.3g} "
+                         f"(the original's own output with its float constants nudged one ulp): "
+                         f"{o['floor_ratio']:.2g}x, {'within' if o['ok'] else 'BEYOND'} "
+                         f"{v['noise_floor_multiple']:g}x")
     if regions:
         lines.extend(region_lines(v, regions, verbose))
     if v.get("kernels_note"):
@@ -141,13 +146,16 @@ def verification_lines(v: dict[str, Any], verbose: bool) -> list[str]:
 
 def region_lines(v: dict[str, Any], s: dict[str, Any], verbose: bool) -> list[str]:
     """What the region proofs found: one line, and each failing region."""
+    why = "the whole model does not run" if s["why_random"] == v.get("whole_model") else s["why_random"]
     inputs = {"real": "on the original's own values at their edges",
-              "random": f"on random values at their edges ({s['why_random']})" if s["why_random"]
+              "random": f"on random values at their edges ({why})" if why
               else "on random values at their edges"}.get(s["inputs"], s["inputs"])
     alone = f"; {s['unprovable']} proved by the whole model only" if s.get("unprovable") else ""
     verdict = (f"all within their tolerance (the closest at {_share(s['bound_used'])} of its bound)" if not s["failed"]
                else f"{s['failed']} FAILED")
-    lines = [f"    regions: {s['regions']} rewrite(s) proved alone {inputs}, {verdict}{alone} ({s['seconds']:.2f} s)"]
+    rewrites = sum(len(r.get("rewrites", [])) for r in v["regions"])
+    lines = [f"    regions: {s['regions']} ({rewrites} rewrites) proved alone {inputs}, {verdict}{alone} "
+             f"({s['seconds']:.2f} s)"]
     for r in v["regions"]:
         if verbose or not r["ok"]:
             what = "; ".join(r.get("rewrites", [])) or f"region {r['index']}"

@@ -218,3 +218,41 @@ def conv_bn_blocks_with_custom_ops(layout: str, blocks: int = 3, seed: int = 0) 
         y = custom_op(b, y, "After")
     b.output(y)
     return b.to_bytes()
+
+
+def conv_relu_0_to_1_conv(seed: int = 0) -> bytes:
+    """CONV_2D -> RELU_0_TO_1 -> CONV_2D: the hard-sigmoid form onnx2tf
+    writes, which LiteRT's GPU delegate refuses ("Not supported op")."""
+    r = _rng(seed)
+    b = ModelBuilder()
+    x = b.input("x", [1, 8, 8, 4])
+    y = b.conv2d(x, r.standard_normal((4, 3, 3, 4)).astype(np.float32), r.standard_normal(4).astype(np.float32))
+    y = b.op(Op.RELU_0_TO_1, [y], [y.shape])[0]
+    y = b.conv2d(y, r.standard_normal((4, 3, 3, 4)).astype(np.float32), r.standard_normal(4).astype(np.float32))
+    b.output(y)
+    return b.to_bytes()
+
+
+def channel_shuffle(seed: int = 0, layout: str = "nchw", channels: int = 8, groups: int = 2) -> bytes:
+    """CONV_2D -> ShuffleNet's channel shuffle -> CONV_2D, the shuffle as a
+    rank-5 RESHAPE -> TRANSPOSE -> RESHAPE: ``nchw`` as litert-torch writes
+    torchvision's (layout TRANSPOSEs around it, channel axes 1 and 2 swapped),
+    ``nhwc`` with the channel axes last."""
+    r = _rng(seed)
+    b = ModelBuilder()
+    h = w = 6
+    x = b.input("x", [1, h, w, channels])
+    y = b.conv2d(x, r.standard_normal((channels, 3, 3, channels)).astype(np.float32), activation="RELU")
+    if layout == "nchw":
+        y = b.transpose(y, [0, 3, 1, 2])
+        y = b.reshape(y, [1, groups, channels // groups, h, w])
+        y = b.transpose(y, [0, 2, 1, 3, 4], version=4)
+        y = b.reshape(y, [1, channels, h, w])
+        y = b.transpose(y, [0, 2, 3, 1])
+    else:
+        y = b.reshape(y, [1, h, w, groups, channels // groups])
+        y = b.transpose(y, [0, 1, 2, 4, 3], version=4)
+        y = b.reshape(y, [1, h, w, channels])
+    y = b.conv2d(y, r.standard_normal((channels, 1, 1, channels)).astype(np.float32))
+    b.output(y)
+    return b.to_bytes()

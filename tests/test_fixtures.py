@@ -92,10 +92,15 @@ def test_every_ideal_counterpart_is_a_listed_fixture():
             assert BY_NAME[ideal]["route"] == "ideal"
 
 
+#: modules made for one route's own problem (ShuffleNetV2: litert-torch's rank-5 shuffle on the GPU),
+#: as fixtures/make_fixtures.py ONLY_ROUTES lists them
+ONE_ROUTE = {"groups4", "regnetx", "shufflenetv2"}
+
+
 def test_every_module_has_each_route():
     by_route: dict[str, set] = {}
     for e in ENTRIES:
-        if e["route"] in ("tf", "naive", "ideal", "litert_torch"):
+        if e["route"] in ("tf", "naive", "ideal", "litert_torch") and e["module"] not in ONE_ROUTE:
             by_route.setdefault(e["route"], set()).add(e["module"])
     assert by_route["tf"] == by_route["naive"] == by_route["ideal"] == by_route["litert_torch"]
     assert {"net1", "net2", "net3", "resnet18", "mobilenetv2", "resnext", "fc_head"} <= by_route["tf"]

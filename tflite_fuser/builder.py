@@ -241,6 +241,11 @@ class ModelBuilder:
 
     # ------------------------------------------------------------------ output
 
+    def transpose(self, x: Tensor, perm: Sequence[int], **kw) -> Tensor:
+        out = [x.shape[p] for p in perm]
+        return self.op(Op.TRANSPOSE, [x, np.array(perm, np.int32)], [out], fb.TransposeOptionsT(),
+                       BuiltinOptions.TransposeOptions, version=kw.pop("version", 1), **kw)[0]
+
     def build(self) -> Model:
         return self.model
 

@@ -16,7 +16,8 @@ from .options import (DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_RUNS, DEFAULT_TIMEOUT,
                       MEMORY_FRACTION, FuseOptions, PassOptions, VerifyOptions)
 from .targets import DEFAULT_TARGET, TARGETS
 from .pipeline import fuse, load
-from .report import render
+from .sandbox import gpu_coverage_isolated
+from .report import coverage_text, render
 from .schema import type_name
 from .verifier import load_npz
 
@@ -138,6 +139,9 @@ def _inspect_parser() -> argparse.ArgumentParser:
                                 description="Show a model's operators, inputs, outputs and signatures.")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--target", choices=["gpu"],
+                   help="gpu: also compile the model for LiteRT's GPU accelerator and list the ops it will not "
+                        "take, with the delegate's reasons, and whether tflite-fuse --target gpu repairs each")
     return p
 
 
@@ -310,6 +314,8 @@ def _write_report(path: str, report: dict) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     model = load(args.model)
     info = describe_model(model)
+    if args.target == "gpu":
+        info["gpu"] = gpu_coverage_isolated(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
@@ -330,6 +336,15 @@ def _inspect(args: argparse.Namespace) -> int:
     for sd in info["signatures"]:
         print(f"  signature {sd['key']!r} (subgraph {sd['subgraph']}): "
               f"inputs {', '.join(sd['inputs'])}; outputs {', '.join(sd['outputs'])}")
+    g = info.get("gpu")
+    if g is not None:
+        if not g["available"]:
+            print(f"  GPU accelerator: not available here: {g['reason']}")
+        else:
+            print(f"  GPU accelerator ({g['device'] or 'device unknown'}): {coverage_text(g)}")
+            for r in g["refused"]:
+                fix = f"tflite-fuse --target gpu rewrites it ({r['repair']})" if r["repair"] else "no rewrite yet"
+                print(f"    {r['op']}: {r['reason']}: {fix}")
     return EXIT_OK
 
 

@@ -8,18 +8,19 @@ it would on the device, so a model fused for the micro target is proved on
 TFLM itself. TFLM runs the main subgraph only, inputs in subgraph order.
 
 What the C++ runtime prints (the reason a model does not load, the arena
-report) goes to file descriptors 1 and 2; it is captured, never shown raw.
+report) goes to file descriptors 1 and 2; it is captured (:mod:`cstdio`),
+never shown raw.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from typing import Mapping
 
 import numpy as np
+
+from .cstdio import captured
 
 #: arena for verification runs: generous (the host has memory), and the
 #: arena a model really uses is measured and reported
@@ -34,33 +35,6 @@ def unavailable() -> str | None:
     except ImportError as e:
         return f"the tflite-micro package is not installed ({e}); {INSTALL_HINT}"
     return None
-
-
-@contextlib.contextmanager
-def captured(fd: int):
-    """Collect what C++ code writes to ``fd`` while the block runs; the text
-    is in the yielded list afterwards."""
-    out: list[str] = []
-    with tempfile.TemporaryFile() as tmp:
-        saved = os.dup(fd)
-        os.dup2(tmp.fileno(), fd)
-        try:
-            yield out
-        finally:
-            _flush_c_stdio()  # C code buffers what it prints; push it out before fd points back
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            out.append(tmp.read().decode("utf-8", "replace"))
-
-
-def _flush_c_stdio() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):  # pragma: no cover - not a libc platform
-        pass
 
 
 class MicroRunnable:

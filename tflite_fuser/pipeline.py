@@ -382,10 +382,6 @@ def _verification_for(check: VerifyOptions, target: Target) -> tuple[VerifyOptio
     and what to say when they cannot run here."""
     notes: list[str] = []
     kernels = check.kernels or ("xnnpack" if check.xnnpack else target.verify_on)
-    if kernels == "gpu":
-        notes.append("target gpu: verified on the CPU (XNNPACK kernels); a GPU accelerator backend is not "
-                     "available in this version")
-        kernels = "xnnpack"
     return dataclasses.replace(check, kernels=kernels, xnnpack=False), notes
 
 

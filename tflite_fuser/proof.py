@@ -34,6 +34,9 @@ def prove(original, candidate, *, regions=None, sig_subgraphs: Mapping[str, int]
     list of :class:`regions.RegionJob` (or None), ``check`` the keyword
     arguments of :func:`verifier.verify`. ``whole=False`` proves the regions
     alone (on the original's own values: it is known to run)."""
+    on_gpu = check.get("kernels") == "gpu"
+    if on_gpu:  # the rewrite is proved on the CPU (XNNPACK), then the model on the GPU
+        check = {**check, "kernels": "xnnpack"}
     result: Verification | None = None
     why_not = ""
     start = time.perf_counter()
@@ -54,6 +57,12 @@ def prove(original, candidate, *, regions=None, sig_subgraphs: Mapping[str, int]
                               whole_model=why_not or "ran")  # not asked for: the original runs
     if regions is not None:
         _prove_regions(result, original, regions, sig_subgraphs or {}, check, progress)
+    if on_gpu and whole:
+        from .gpu_proof import prove_on_gpu
+
+        prove_on_gpu(result, original, candidate, _full({k: v for k, v in check.items() if k not in ("kernels",
+                                                                                                   "xnnpack")}),
+                     progress)
     return result
 
 

@@ -117,6 +117,8 @@ def verification_lines(v: dict[str, Any], verbose: bool) -> list[str]:
                          f"{v['noise_floor_multiple']:g}x")
     if regions:
         lines.extend(region_lines(v, regions, verbose))
+    if v.get("gpu") and v["gpu"].get("available"):
+        lines.extend(gpu_lines(v["gpu"], verbose))
     if v.get("kernels_note"):
         lines.append(f"    ({v['kernels_note']}; verified with the {kernels} kernels instead)")
     for note in v.get("notes", []):
@@ -163,6 +165,37 @@ def region_lines(v: dict[str, Any], s: dict[str, Any], verbose: bool) -> list[st
             floor = f", {r['floor_ratio']:.2g}x its noise floor" if r.get("floor_ratio") is not None else ""
             lines.append(f"      {'ok ' if r['ok'] else 'BAD'} {what}: {err}{floor} ({r['tolerance']})"
                          + (f": {r['message']}" if r["message"] and not r["ok"] else ""))
+    return lines
+
+
+def coverage_text(c: dict[str, Any]) -> str:
+    """Where a model's ops run under the GPU accelerator, in a few words."""
+    if c["error"]:
+        return f"does not compile ({c['error']})"
+    if c["all_on_gpu"]:
+        return f"all {c['gpu_ops']} ops on the GPU"
+    refused = ", ".join(sorted({r["op"] for r in c["refused"]})) or "?"
+    if c["gpu_ops"] is None:
+        return f"not all on the GPU (refused: {refused})"
+    return f"{c['gpu_ops']} ops on the GPU, {c['cpu_ops']} on the CPU (refused: {refused})"
+
+
+def gpu_lines(g: dict[str, Any], verbose: bool) -> list[str]:
+    lines = [f"    GPU accelerator ({g['device'] or 'device unknown'}): before {coverage_text(g['coverage_before'])}; "
+             f"after {coverage_text(g['coverage_after'])}"]
+    for what, key in (("fused on the GPU vs original on the CPU", "fused_vs_cpu"),
+                      ("original on the GPU vs original on the CPU", "original_vs_cpu"),
+                      ("fused vs original, both on the GPU", "fused_vs_original_on_gpu")):
+        c = g.get(key)
+        if c:
+            lines.append(f"      {what}: {'ok ' if c['ok'] else 'BAD'} max |a-b| {c['max_abs_error']:.3g} on values "
+                         f"up to {c['max_abs_reference']:.3g}" + (f" ({c['message']})" if c["message"] else ""))
+    if g.get("verdict"):
+        lines.append(f"      {g['verdict']}")
+    if verbose:
+        for side in ("coverage_before", "coverage_after"):
+            for r in g[side]["refused"]:
+                lines.append(f"      {side.split('_')[1]}: the GPU refuses {r['op']}: {r['reason']}")
     return lines
 
 

@@ -11,7 +11,8 @@ passes again without these rewrites" and "with only these" are well defined:
 2. When the whole model runs, a rewrite that cannot be proved alone is covered
    by the whole-model proof; when it does not, such a rewrite is unproved and
    is reverted too.
-3. When the whole-model proof fails and no region explains it, bisect: the
+3. When the whole-model proof fails and no region explains it (or the GPU
+   accelerator computes the fused model wrongly), bisect: the
    smallest prefix of the rewrites (in the order they were made) whose
    whole-model proof fails ends with a culprit; forbid it and prove again.
 
@@ -63,7 +64,8 @@ def recover(attempt, rerun: Rerun, say: Callable[[str], None]) -> tuple[Any, lis
         if v is None or v.ok:
             break
         culprits = failing_regions(attempt)
-        if not culprits and v.whole_model == "ran" and not _whole_ok(v) and not _not_a_rewrite(v):
+        if not culprits and v.whole_model == "ran" and (not _whole_ok(v) or _gpu_failed(v)) \
+                and not _not_a_rewrite(v):
             say(f"verifying: bisecting {len(attempt.ctx.rewrites)} rewrites for the one the whole model fails on")
             culprits = bisect(attempt, rerun, forbidden, say)
         if not culprits:
@@ -80,6 +82,12 @@ def recover(attempt, rerun: Rerun, say: Callable[[str], None]) -> tuple[Any, lis
 def _not_a_rewrite(v) -> bool:
     """Failures no revert can fix: the verifier ran out of memory or time."""
     return any(why in v.message for why in ("ran out of memory", "took longer than"))
+
+
+def _gpu_failed(v) -> bool:
+    """The GPU part of the proof failed (gpu_proof.py): the fused model is
+    wrong on the GPU accelerator where the original is right."""
+    return bool(getattr(v, "gpu", None) and v.gpu.get("failed"))
 
 
 def _whole_ok(v) -> bool:

@@ -124,6 +124,15 @@ def bench_isolated(original, candidate, kwargs: dict, timeout: float | None,
     return _in_child("bench", original, candidate, kwargs, timeout, progress, failed)
 
 
+def gpu_coverage_isolated(model, timeout: float | None = 300.0) -> dict:
+    """:func:`gpu.coverage` of ``model`` in a child process (the GPU driver is
+    C++ too), with each refused op's repair named; ``available`` False and a
+    ``reason`` when no GPU accelerator starts."""
+    def failed(stage, what, last_words):
+        return {"available": False, "reason": f"the GPU accelerator {what}" + (f" ({last_words})" if last_words else "")}
+    return _in_child("coverage", model, None, {}, timeout, None, failed)
+
+
 def _in_child(task: str, original, candidate, kwargs: dict, timeout: float | None, progress, on_death,
               memory_limit: int | None = None):
     if not sys.executable:

@@ -43,7 +43,7 @@ def main() -> int:
         frames.write(FRAME.pack(len(data)) + data)
 
     try:
-        task = {"verify": verify, "prove": prove, "bench": measure}[job.get("task", "verify")]
+        task = {"verify": verify, "prove": prove, "bench": measure, "coverage": gpu_coverage}[job.get("task", "verify")]
         result = task(job["original"], job["candidate"], progress=lambda m: send("stage", m), **job["kwargs"])
         send("result", result)
     except (MemoryError, ImportError) as e:
@@ -59,6 +59,15 @@ def main() -> int:
             send("error", RuntimeError(f"{type(e).__name__}: {e}"))
     frames.close()
     return 0
+
+
+def gpu_coverage(model, _candidate, progress=None) -> dict:
+    from . import gpu
+
+    why = gpu.unavailable()
+    if why:
+        return {"available": False, "reason": why}
+    return {"available": True, **gpu.coverage(model).to_dict(repairs=True)}
 
 
 def limit_memory(limit: int | None) -> None:

@@ -126,6 +126,9 @@ class Verification:
     #: one entry per region (region_proof.RegionCheck.to_dict) and a summary
     regions: list[dict] = field(default_factory=list)
     region_summary: dict | None = None
+    #: the GPU accelerator's part (gpu_proof.py): device, coverage before and
+    #: after, the fused and the original model on the GPU against the CPU
+    gpu: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -295,6 +298,8 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
                  input_shapes=input_shapes, quant_steps=quant_steps, range_atol=range_atol,
                  num_threads=num_threads, progress=progress)
     kernels = kernels or ("xnnpack" if xnnpack else "builtin")
+    if kernels == "gpu":  # the CPU part of a GPU proof: proof.prove adds the GPU's (gpu_proof.py)
+        kernels = "xnnpack"
     if kernels == "micro":
         return _verify_micro(original, candidate, check)
     return _verify_cpu(original, candidate, kernels, check)

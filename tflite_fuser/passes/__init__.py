@@ -17,6 +17,7 @@ module is an import error, not a pass that silently never runs.
 from __future__ import annotations
 
 from .base import FusionPass, Match, PassContext, Skip
+from .densify_constants import DensifyConstants
 from .dequantize_weights import DequantizeWeights
 from .fold_affine import FoldAffine
 from .fold_concat_affine import FoldConcatAffine
@@ -25,14 +26,17 @@ from .fold_pad import FoldPadIntoConv
 from .fuse_activation import FuseActivation
 from .fuse_split_conv import FuseSplitConv
 from .lower_relu_0_to_1 import LowerRelu0To1
+from .lower_transpose_rank import LowerTransposeRank
 from .narrow_block_diagonal import NarrowBlockDiagonalConv
 from ..options import PassOptions
 
 #: every pass, in the order it runs
 PASS_CLASSES: list[type[FusionPass]] = [
     # What the target cannot run at all, first: later folds then work in the form it runs.
+    DensifyConstants,
     DequantizeWeights,
     LowerRelu0To1,
+    LowerTransposeRank,
     FoldPadIntoConv,
     FoldInputAffine,
     FoldAffine,

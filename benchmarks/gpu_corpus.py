@@ -39,6 +39,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--json", default=str(ROOT / "bench-out" / "gpu_corpus.json"))
     args = p.parse_args(argv)
     from tflite_fuser import FuseError, fuse, gpu
+    from tflite_fuser.gpu_proof import original_vs_cpu
 
     why = gpu.unavailable()
     if why:
@@ -62,9 +63,11 @@ def main(argv=None) -> list[dict]:
                 row.update(before=g["coverage_before"], after=g["coverage_after"],
                            fused_vs_cpu=g.get("fused_vs_cpu"), original_vs_cpu=g.get("original_vs_cpu"),
                            verdict=g.get("verdict", ""))
-            else:  # nothing to fuse (or not verified): the original's coverage is the answer
+            else:  # nothing to fuse (or not verified): the original's coverage and correctness are the answer
                 row["before"] = row["after"] = gpu.coverage(src).to_dict()
-                row["verdict"] = "unchanged"
+                row["original_vs_cpu"] = original_vs_cpu(src)
+                row["verdict"] = "unchanged" + ("" if not row["original_vs_cpu"] or row["original_vs_cpu"]["ok"]
+                                                else "; the GPU computes it WRONGLY")
             rows.append(row)
             print(f"{e['name']:36s} before: {_state(row['before']):16s} after: {_state(row['after']):16s} "
                   f"{row['verdict'][:90]}", flush=True)
@@ -79,8 +82,10 @@ def main(argv=None) -> list[dict]:
     for (op, why), n in refused.most_common():
         print(f"  still refused after: {n} x {op}: {why}")
     wrong = [r["fixture"] for r in rows if r.get("original_vs_cpu") and not r["original_vs_cpu"]["ok"]]
-    if wrong:
-        print(f"  the GPU computes the original wrongly: {', '.join(wrong)}")
+    still = [r["fixture"] for r in rows if r.get("fused_vs_cpu") and not r["fused_vs_cpu"]["ok"]
+             or r["verdict"].endswith("WRONGLY")]
+    print(f"the GPU computes the original wrongly: {len(wrong)} ({', '.join(wrong) or '-'}); "
+          f"after --target gpu: {len(still)} ({', '.join(still) or '-'})")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return rows

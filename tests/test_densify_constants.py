@@ -11,7 +11,7 @@ import pytest
 
 from tflite_fuser.builder import ModelBuilder
 from tflite_fuser.schema import BuiltinOperator as Op
-from tflite_fuser.schema import TensorType, fb
+from tflite_fuser.schema import fb
 from tflite_fuser.sparsity import DENSE, SPARSE_CSR, SparsityError, densify
 
 from conftest import fuse_and_check, op_counts

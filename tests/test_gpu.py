@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
@@ -35,9 +36,15 @@ def gpu_accelerator():
         pytest.skip(why)
 
 
+SCHEMA = json.loads((FIXTURES.parent / "schemas" / "report.schema.json").read_text())
+
+
 def _fuse(tmp_path, src: Path, *extra: str) -> tuple[int, dict]:
+    """Run the CLI; its exit code and its JSON report (checked against the schema)."""
     rc = main([str(src), str(tmp_path / "o.tflite"), "--report", str(tmp_path / "r.json"), *extra])
-    return rc, json.loads((tmp_path / "r.json").read_text())
+    report = json.loads((tmp_path / "r.json").read_text())
+    jsonschema.validate(report, SCHEMA)
+    return rc, report
 
 
 def test_relu_0_to_1_leaves_ops_on_the_cpu_and_target_gpu_moves_them_all_to_the_gpu(tmp_path):
@@ -157,3 +164,19 @@ def test_a_rewrite_the_gpu_computes_wrongly_is_reverted_and_the_rest_kept(tmp_pa
     (rev,) = report["reverted"]
     assert rev["pass"] == "densify-constants" and "on the GPU accelerator the fused model differs" in rev["error"]
     assert (tmp_path / "o.tflite").read_bytes() == src.read_bytes()
+
+
+def test_the_int8_resnet18_the_gpu_computes_wrongly_is_right_there_once_its_strided_pointwise_convs_are_split(tmp_path):
+    """TF's int8 ResNet18: all on the GPU, but the delegate ignores the stride
+    of its three quantized 1x1 stride-2 shortcut convs (it warns "Shape
+    mismatch ... convolution1x1") and the output is far off; with the stride
+    taken into a STRIDED_SLICE the GPU matches the CPU."""
+    rc, report = _fuse(tmp_path, FIXTURES / "quant" / "resnet18_int8.tflite", "--target", "gpu")
+    assert rc == 0
+    g = report["verification"]["gpu"]
+    assert g["coverage_before"]["all_on_gpu"] and g["coverage_after"]["all_on_gpu"]
+    assert any("Shape mismatch" in w and "convolution1x1" in w for w in g["coverage_before"]["warnings"])
+    assert not any("Shape mismatch" in w for w in g["coverage_after"]["warnings"])
+    assert not g["original_vs_cpu"]["ok"] and g["original_vs_cpu"]["max_abs_error"] > 0.1 * 127
+    assert g["fused_vs_cpu"]["ok"]
+    assert report["output"]["op_counts"]["STRIDED_SLICE"] == 3

@@ -56,8 +56,11 @@ def _fuse_parser() -> argparse.ArgumentParser:
             "and proved alone, its original ops against its new ones, on the original's own\n"
             "values there. A rewrite whose proof fails is reverted and the rest written\n"
             "(--strict: nothing is written). A model the interpreter cannot run whole (a\n"
-            "custom op) is proved region by region.\n\n"
-            "Other command:  tflite-fuse inspect MODEL   (op table, inputs, outputs, signatures)"),
+            "custom op) is proved region by region. With --target gpu (or --verify-on gpu)\n"
+            "the fused model then runs on LiteRT's GPU accelerator against the original on\n"
+            "the CPU, and the report gives the GPU coverage before and after.\n\n"
+            "Other command:  tflite-fuse inspect MODEL [--target gpu]   (op table, inputs,\n"
+            "outputs, signatures; with --target gpu the ops the GPU refuses, and why)"),
         epilog=f"passes, in the order they run (repeated until nothing changes):\n{_pass_list()}\n\n"
                f"{EXIT_CODES}\nexamples:\n"
                "  tflite-fuse model.tflite model.fused.tflite\n"

@@ -89,6 +89,9 @@ class Coverage:
     #: why the model could not be compiled at all (GPU + CPU), if it could not
     error: str = ""
     device: str = ""
+    #: what the delegate warned of while building its graph: "Shape mismatch
+    #: ... output of convolution1x1" means it computes that op wrongly
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self, repairs: bool = False) -> dict:
         """As JSON; ``repairs`` adds to each refused op the pass that moves it to the GPU (or None)."""
@@ -106,6 +109,7 @@ REPAIRS = {
         "lower-transpose-rank: a rank-5 RESHAPE -> TRANSPOSE -> RESHAPE as the same movement in rank 4",
     ("TRANSPOSE", "Tensor dimensions must be less than 5"):
         "lower-transpose-rank: a rank-5 RESHAPE -> TRANSPOSE -> RESHAPE as the same movement in rank 4",
+    ("DENSIFY", ""): "densify-constants: the sparse constant stored dense (the file grows)",
     ("TRANSPOSE", "Permutation for transpose is invalid"):
         "lower-transpose-rank (where the permutation is rank 5): the same movement in rank 4",
 }
@@ -190,6 +194,7 @@ def coverage(model) -> Coverage:
 
         cov.gpu_ops, cov.cpu_ops = read_model(model).num_operators(), 0
     cov.refused = _refused(said)
+    cov.warnings = _warnings(said)
     d = _DEVICE.search(said)
     cov.device = d.group(1).strip() if d else ""
     return cov
@@ -207,6 +212,18 @@ def _refused(said: str) -> list[tuple[str, str]]:
                 entry = (op.strip(), _without_tensor_name(why.strip()))
                 if entry not in out:
                     out.append(entry)
+    return out
+
+
+_WARNING = re.compile(r"gpu_model_builder\.cc:\d+\] (.*)")
+
+
+def _warnings(said: str) -> list[str]:
+    out: list[str] = []
+    for m in _WARNING.finditer(said):
+        text = m.group(1).strip()
+        if text not in out:
+            out.append(text)
     return out
 
 

@@ -40,9 +40,7 @@ def prove_on_gpu(result: Verification, original, candidate, check: dict,
     info: dict = {"available": True, "device": after.device or before.device,
                   "coverage_before": before.to_dict(), "coverage_after": after.to_dict()}
     result.gpu = info
-    # the GPU's own arithmetic, or the CPU proof's tolerance where that is wider (float16 re-rounding)
-    tol = {**check, "atol": max(gpu.GPU_TOL, check["atol"]), "rtol": max(gpu.GPU_TOL, check["rtol"]),
-           "range_atol": True}
+    tol = _gpu_tolerance(check)
     try:
         orig = gpu.runnables(original)
     except RuntimeError as e:
@@ -91,6 +89,28 @@ def prove_on_gpu(result: Verification, original, candidate, check: dict,
         info["verdict"] = "the fused model on the GPU does NOT match the original on the CPU"
         _fail(result, f"on the GPU accelerator the fused model differs from the original on the CPU "
                       f"({fused_vs_cpu.message}), while the original on the GPU matches it")
+
+
+def _gpu_tolerance(check: dict) -> dict:
+    """The GPU's own arithmetic, or the CPU proof's tolerance where that is
+    wider (float16 re-rounding), in units of each output's range."""
+    return {**check, "atol": max(gpu.GPU_TOL, check["atol"]), "rtol": max(gpu.GPU_TOL, check["rtol"]),
+            "range_atol": True}
+
+
+def original_vs_cpu(model, runs: int = 1) -> dict | None:
+    """The GPU accelerator's run of ``model`` against the CPU interpreter's, at
+    the GPU proof's tolerance (None: one of the two cannot run it). The corpus
+    benchmark asks this of models there is nothing to fuse in."""
+    from .proof import _full
+
+    tol = _gpu_tolerance(_full({"runs": runs}))
+    try:
+        on_gpu = gpu.runnables(model)
+        reference = _runnables(_interpreter(model, "xnnpack", None))
+    except (ValueError, RuntimeError):
+        return None
+    return _summary(_compare(reference, on_gpu, tol))
 
 
 def _compare(ref, new, tol: dict) -> Verification:

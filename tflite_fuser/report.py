@@ -196,6 +196,8 @@ def gpu_lines(g: dict[str, Any], verbose: bool) -> list[str]:
         for side in ("coverage_before", "coverage_after"):
             for r in g[side]["refused"]:
                 lines.append(f"      {side.split('_')[1]}: the GPU refuses {r['op']}: {r['reason']}")
+            for w in g[side].get("warnings", []):
+                lines.append(f"      {side.split('_')[1]}: the delegate warns: {w}")
     return lines
 
 

@@ -36,12 +36,15 @@ FLOAT16_DEQUANTIZE = "float16 weights behind DEQUANTIZE"
 RELU_0_TO_1 = "RELU_0_TO_1"
 DENSIFY = "DENSIFY"
 RANK_5 = "tensors of rank 5 or more"
+#: a quantized 1x1 CONV_2D with stride > 1 (LiteRT's GPU delegate ignores the
+#: stride: "Shape mismatch ... output of convolution1x1"; its output is wrong)
+QUANTIZED_STRIDED_POINTWISE = "quantized 1x1 CONV_2D with stride > 1, computed right"
 
 # Speed questions (what a runtime runs faster).
 MERGE_GROUPED = "merge-grouped"
 
 #: every form a target may lack, for the table's completeness
-FORMS = (GROUPED_CONV, FLOAT16_DEQUANTIZE, RELU_0_TO_1, DENSIFY, RANK_5)
+FORMS = (GROUPED_CONV, FLOAT16_DEQUANTIZE, RELU_0_TO_1, DENSIFY, RANK_5, QUANTIZED_STRIDED_POINTWISE)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            prefers={MERGE_GROUPED: (True, "the GPU accelerator runs a grouped CONV_2D (fewer dispatches; "
                                           "its speed on a phone GPU was not measured here)")}),
     Target("micro", "TFLite Micro (microcontrollers): its op set and limits, proved on TFLM itself", "micro",
-           supports=frozenset({GROUPED_CONV, RANK_5}),
+           supports=frozenset({GROUPED_CONV, RANK_5, QUANTIZED_STRIDED_POINTWISE}),
            prefers={MERGE_GROUPED: (True, "TFLite Micro cannot load the split form's CONCATENATION of more than "
                                           "10 inputs; a grouped CONV_2D runs")},
            exact_quantized=frozenset({_INT8_DW, _INT8_GROUPED}), limits={"max_concat_inputs": 10}),

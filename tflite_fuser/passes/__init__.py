@@ -28,6 +28,7 @@ from .fuse_split_conv import FuseSplitConv
 from .lower_relu_0_to_1 import LowerRelu0To1
 from .lower_transpose_rank import LowerTransposeRank
 from .narrow_block_diagonal import NarrowBlockDiagonalConv
+from .stride_before_pointwise import StrideBeforePointwise
 from ..options import PassOptions
 
 #: every pass, in the order it runs
@@ -44,6 +45,8 @@ PASS_CLASSES: list[type[FusionPass]] = [
     FuseSplitConv,
     FoldConcatAffine,
     NarrowBlockDiagonalConv,
+    # Last: it splits one conv in two, which the folds above must not see as a chain to fold.
+    StrideBeforePointwise,
 ]
 
 

@@ -10,7 +10,7 @@ from tflite_fuser.builder import ModelBuilder
 from tflite_fuser.schema import BuiltinOperator as Op
 from tflite_fuser.schema import BuiltinOptions, TensorType, fb
 
-from conftest import fuse_and_check
+from conftest import fuse_and_check, op_counts
 from helpers import quantization
 from split_conv_models import PASS, assert_left_alone, cut, quantized_lowered_depthwise
 
@@ -52,8 +52,11 @@ def _two_branch_model(rng, *, a=None, b_=None, sizes=(1, 1), c=2, split_axis=3, 
     return b.to_bytes()
 
 
-def test_piece_read_by_another_op_is_left_alone(rng):
-    assert_left_alone(_two_branch_model(rng, other="piece"), "piece: intermediate")
+def test_a_piece_another_op_reads_keeps_its_split_and_the_convs_still_merge(rng):
+    """The split stays for its other reader (MobileOne's k branches read one
+    split); the branch convs and the concatenation become one conv."""
+    r = fuse_and_check(_two_branch_model(rng, other="piece"))
+    assert op_counts(r) == {"SPLIT": 1, "DEPTHWISE_CONV_2D": 1, "RELU": 1}
 
 
 def test_branch_output_read_by_another_op_is_left_alone(rng):

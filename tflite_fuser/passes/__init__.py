@@ -27,6 +27,7 @@ from .fuse_activation import FuseActivation
 from .fuse_split_conv import FuseSplitConv
 from .lower_relu_0_to_1 import LowerRelu0To1
 from .lower_transpose_rank import LowerTransposeRank
+from .merge_parallel_convs import MergeParallelConvs
 from .narrow_block_diagonal import NarrowBlockDiagonalConv
 from .stride_before_pointwise import StrideBeforePointwise
 from ..options import PassOptions
@@ -42,6 +43,7 @@ PASS_CLASSES: list[type[FusionPass]] = [
     FoldInputAffine,
     FoldAffine,
     FuseActivation,
+    MergeParallelConvs,
     FuseSplitConv,
     FoldConcatAffine,
     NarrowBlockDiagonalConv,

@@ -158,9 +158,11 @@ class FuseSplitConv(FusionPass):
         if isinstance(part, str):
             return part
         for piece, p in zip(part.pieces, producers):
-            why = why_not_removable(model, sg, piece.tensor, p)
-            if why:
-                return f"piece: {why}"
+            # A piece others read too (MobileOne's k branches convolve the one
+            # split) is fine: the split stays for them (apply keeps it).
+            t = piece.tensor
+            if model.is_observed(sg, t) or t.is_variable or p.inputs.count(t) != 1:
+                return f"piece: {why_not_removable(model, sg, t, p)}"
 
         branches = []
         for piece, p in zip(part.pieces, producers):
@@ -211,7 +213,10 @@ class FuseSplitConv(FusionPass):
         fq = bq = None
         if quantized:
             fq, bq = _merged_quantization(branches, plan, float(x.quant_params()[0][0]))
-        pattern = list(m.partition.ops) + [b.op for b in branches] + [m.cat] + ([m.post] if m.post else [])
+        convs = {b.op for b in branches}
+        private = [op for op in m.partition.ops
+                   if all(set(sg.consumers(t)) <= convs for t in op.outputs if t is not None)]
+        pattern = private + [b.op for b in branches] + [m.cat] + ([m.post] if m.post else [])
         store = WeightStore(model, sg, ctx, pattern)
 
         ohwi = stack_ohwi([b.ohwi for b in branches])
@@ -232,6 +237,10 @@ class FuseSplitConv(FusionPass):
                             depth_multiplier=plan.depth_multiplier, geometry=m.geometry, activation=m.activation,
                             like=first)
         store.commit(conv)
+        for op in m.partition.ops:  # a shared split whose last readers these were
+            if sg.contains(op) and not any(sg.consumers(t) or model.is_observed(sg, t)
+                                           for t in op.outputs if t is not None):
+                sg.remove_operator(op)
         kind = ("DEPTHWISE_CONV_2D" + (f" (depth multiplier {plan.depth_multiplier})"
                                        if plan.depth_multiplier > 1 else "")
                 if plan.is_depthwise else f"grouped CONV_2D ({plan.groups} groups)")

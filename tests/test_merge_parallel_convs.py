@@ -161,7 +161,7 @@ MANIFEST = {e["name"]: e for e in json.loads((FIXTURES / "manifest.json").read_t
 BOUNDARY = {"litert_torch": "TRANSPOSE", "naive": "RESHAPE"}
 
 
-@pytest.mark.parametrize("name", [f"{route}/{m}" for m in ("repvgg", "acnet", "mobileone")
+@pytest.mark.parametrize("name", [f"{route}/{m}" for m in ("repvgg", "acnet", "mobileone", "repconv")
                                   for route in ("tf", "naive", "litert_torch")])
 def test_each_training_form_fixture_reaches_its_deploy_forms_op_count(name):
     r = fuse_and_check((FIXTURES / f"{name}.tflite").read_bytes(), runs=1)

@@ -180,3 +180,29 @@ def test_the_int8_resnet18_the_gpu_computes_wrongly_is_right_there_once_its_stri
     assert not g["original_vs_cpu"]["ok"] and g["original_vs_cpu"]["max_abs_error"] > 0.1 * 127
     assert g["fused_vs_cpu"]["ok"]
     assert report["output"]["op_counts"]["STRIDED_SLICE"] == 3
+
+
+def test_mediapipes_sparse_face_detector_as_shipped_is_wrong_on_the_gpu_until_its_weights_are_dense(tmp_path):
+    """mediapipe's own file (0.10.14 wheel): 46 DENSIFY -> DEQUANTIZE weights
+    leave 229 of its 388 ops on the CPU, and the partly delegated model's
+    outputs are far off (hundreds, on values up to ~185); dense, all of it
+    runs on the GPU and matches the CPU."""
+    rc, report = _fuse(tmp_path, FIXTURES / "shipped" / "face_detection_full_range_sparse.tflite", "--target", "gpu")
+    assert rc == 0
+    g = report["verification"]["gpu"]
+    assert (g["coverage_before"]["gpu_ops"], g["coverage_before"]["cpu_ops"]) == (159, 229)
+    assert g["coverage_after"]["all_on_gpu"]
+    assert not g["original_vs_cpu"]["ok"] and g["fused_vs_cpu"]["ok"]
+    assert report["input"]["op_counts"]["DENSIFY"] == 46 and "DENSIFY" not in report["output"]["op_counts"]
+
+
+def test_onnx2tfs_mobilenetv3_runs_on_the_gpu_whole_once_its_hard_sigmoids_are_written_out(tmp_path):
+    """onnx2tf writes each squeeze-excite gate's hard-sigmoid as RELU_0_TO_1,
+    which the delegate refuses: 69 of its 92 ops run on the CPU. Written as
+    MINIMUM(RELU(x), 1), all 92 run on the GPU."""
+    rc, report = _fuse(tmp_path, FIXTURES / "onnx2tf" / "mobilenetv3.tflite", "--target", "gpu")
+    assert rc == 0
+    g = report["verification"]["gpu"]
+    assert (g["coverage_before"]["gpu_ops"], g["coverage_before"]["cpu_ops"]) == (23, 69)
+    assert g["coverage_after"]["all_on_gpu"] and g["coverage_after"]["gpu_ops"] == 92
+    assert g["fused_vs_cpu"]["ok"]

@@ -30,6 +30,7 @@ from .lower_transpose_rank import LowerTransposeRank
 from .merge_parallel_convs import MergeParallelConvs
 from .narrow_block_diagonal import NarrowBlockDiagonalConv
 from .stride_before_pointwise import StrideBeforePointwise
+from .strided_slice_to_slice import StridedSliceToSlice
 from ..options import PassOptions
 
 #: every pass, in the order it runs
@@ -49,6 +50,8 @@ PASS_CLASSES: list[type[FusionPass]] = [
     NarrowBlockDiagonalConv,
     # Last: it splits one conv in two, which the folds above must not see as a chain to fold.
     StrideBeforePointwise,
+    # After the merges, which read slices of either kind as the pieces of a split.
+    StridedSliceToSlice,
 ]
 
 

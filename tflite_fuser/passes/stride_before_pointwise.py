@@ -26,7 +26,6 @@ output (int8 or uint8).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +35,7 @@ from ..schema import BuiltinOperator as Op
 from ..schema import BuiltinOptions, Padding, TensorType, fb
 from ..targets import QUANTIZED_STRIDED_POINTWISE
 from .base import FusionPass, Match, PassContext, Skip
+from .rebuild import clone_op
 
 
 @dataclass
@@ -82,10 +82,7 @@ class StrideBeforePointwise(FusionPass):
         opts.beginMask = opts.endMask = 0b1111  # every axis from its start to its end: no sizes to go stale
         strided = Operator(model.opcode(Op.STRIDED_SLICE), [x, *consts], [t], options=opts,
                            options_type=BuiltinOptions.StridedSliceOptions)
-        conv_opts = copy.copy(op.options)
-        conv_opts.strideH = conv_opts.strideW = 1
-        conv_opts.padding = Padding.VALID
-        conv = op.copy(inputs=[t, *op.inputs[1:]], options=conv_opts)
+        conv = clone_op(op, inputs=[t, *op.inputs[1:]], strideH=1, strideW=1, padding=Padding.VALID)
         sg.replace([op], [strided, conv])
         return (f"took the stride {sh}x{sw} of the quantized 1x1 CONV_2D -> {y.name!r} into a STRIDED_SLICE "
                 f"before it (target {ctx.target.name} computes the strided form wrongly)")

@@ -157,8 +157,8 @@ def test_int8_branches_are_left_since_one_sum_requantizes_differently():
 
 
 MANIFEST = {e["name"]: e for e in json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]}
-#: what a route adds around any model: litert-torch's NCHW input TRANSPOSE, the naive converter's RESHAPE
-BOUNDARY = {"litert_torch": "TRANSPOSE", "naive": "RESHAPE"}
+#: what a route adds around any model: litert-torch's NCHW input TRANSPOSE (the model's interface)
+BOUNDARY = {"litert_torch": "TRANSPOSE"}
 
 
 @pytest.mark.parametrize("name", [f"{route}/{m}" for m in ("repvgg", "acnet", "mobileone", "repconv")

@@ -8,8 +8,9 @@ accelerator (:mod:`gpu`):
   what a user deploying it gets, against the reference;
 - the original on the GPU against the original on the CPU: where these
   differ, the GPU computes the original wrongly, a finding about the runtime,
-  reported with whether the fused model fixes it. Only a fused model that is
-  wrong on the GPU where the original was right fails the proof;
+  reported with whether the fused model fixes it. A fused model that is
+  wrong on the GPU where the original was right, or further off than the
+  original there, fails the proof;
 - when the CPU interpreter cannot run the original at all (a custom op) and
   the GPU can, original against fused on the GPU is the whole-model proof.
 
@@ -80,11 +81,17 @@ def prove_on_gpu(result: Verification, original, candidate, check: dict,
         info["verdict"] = "the fused model on the GPU matches the original on the CPU" + (
             "; the GPU computes the ORIGINAL wrongly (a finding about the runtime), and the fused model fixes it"
             if orig_vs_cpu is not None and not orig_vs_cpu.ok else "")
-    elif orig_vs_cpu is not None and not orig_vs_cpu.ok:
+    elif orig_vs_cpu is not None and not orig_vs_cpu.ok and \
+            (fused_vs_cpu.max_abs_error or 0.0) <= (orig_vs_cpu.max_abs_error or 0.0):
         info["verdict"] = ("the GPU computes the original wrongly too (a finding about the runtime, not the "
                            "rewrite); the fused model does not fix it")
         result.notes.append(f"the GPU accelerator computes the original model wrongly ({orig_vs_cpu.message}); "
                             f"so does it the fused model: a finding about the runtime, not a failed rewrite")
+    elif orig_vs_cpu is not None and not orig_vs_cpu.ok:  # wrong either way, but the rewrite made it worse
+        info["verdict"] = "the fused model on the GPU is further from the CPU than the original on the GPU"
+        _fail(result, f"on the GPU accelerator the fused model is further from the original on the CPU "
+                      f"(max |a-b| {fused_vs_cpu.max_abs_error:.3g}) than the original on the GPU "
+                      f"({orig_vs_cpu.max_abs_error:.3g})")
     else:
         info["verdict"] = "the fused model on the GPU does NOT match the original on the CPU"
         _fail(result, f"on the GPU accelerator the fused model differs from the original on the CPU "

@@ -19,6 +19,8 @@ from __future__ import annotations
 from .base import FusionPass, Match, PassContext, Skip
 from .densify_constants import DensifyConstants
 from .dequantize_weights import DequantizeWeights
+from .drop_layout_island import DropLayoutIsland
+from .drop_reshape_before_fc import DropReshapeBeforeFc
 from .fold_affine import FoldAffine
 from .fold_concat_affine import FoldConcatAffine
 from .fold_input_affine import FoldInputAffine
@@ -52,6 +54,8 @@ PASS_CLASSES: list[type[FusionPass]] = [
     StrideBeforePointwise,
     # After the merges, which read slices of either kind as the pieces of a split.
     StridedSliceToSlice,
+    DropReshapeBeforeFc,
+    DropLayoutIsland,
 ]
 
 

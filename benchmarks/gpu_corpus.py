@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.measure import committed_fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 
@@ -45,8 +47,7 @@ def main(argv=None) -> list[dict]:
     if why:
         print(f"gpu_corpus: {why}", file=sys.stderr)
         return []
-    manifest = json.loads((FIXTURES / "manifest.json").read_text())
-    entries = [e for e in manifest["fixtures"] if e["committed"] and (not args.only or e["name"] in args.only)]
+    entries = committed_fixtures(args.only)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for e in entries:

@@ -68,3 +68,10 @@ def median_of(samples: list[Sample]) -> Sample:
 
 def mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
+
+
+def committed_fixtures(only=None) -> list[dict]:
+    """The manifest entries of the committed fixtures (``only``: those names)."""
+    with open(os.path.join(ROOT, "fixtures", "manifest.json")) as f:
+        manifest = json.load(f)
+    return [e for e in manifest["fixtures"] if e["committed"] and (not only or e["name"] in only)]

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.measure import committed_fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 
@@ -40,8 +42,7 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     from tflite_fuser import FuseError, fuse
 
-    manifest = json.loads((FIXTURES / "manifest.json").read_text())
-    entries = [e for e in manifest["fixtures"] if e["committed"] and (not args.only or e["name"] in args.only)]
+    entries = committed_fixtures(args.only)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for e in entries:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from typing import Callable
 
 
 @contextlib.contextmanager
@@ -34,3 +35,27 @@ def flush_c_stdio() -> None:
         ctypes.CDLL(None).fflush(None)
     except (OSError, AttributeError):  # pragma: no cover - not a libc platform
         pass
+
+
+@contextlib.contextmanager
+def runtime_errors(explain: Callable[[str, Exception], str]):
+    """Run a C++ runtime call with its stderr captured: a RuntimeError or
+    ValueError it raises comes out as one RuntimeError whose text is
+    ``explain(what it printed, the exception)``, the runtime's own words
+    rather than the binding's generic message. What it printed is in the
+    yielded list afterwards, as with :func:`captured`."""
+    with captured(2) as err:
+        try:
+            yield err
+        except (RuntimeError, ValueError) as e:
+            failure = e
+        else:
+            failure = None
+    if failure is not None:
+        raise RuntimeError(explain("".join(err), failure)) from None
+
+
+def first_line(said: str, failure: Exception) -> str:
+    """The first line the runtime printed, else the exception's text."""
+    lines = [ln.strip() for ln in said.splitlines() if ln.strip()]
+    return lines[0] if lines else str(failure)

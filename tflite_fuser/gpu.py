@@ -29,7 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .cstdio import captured
+from .cstdio import captured, runtime_errors
 
 SWIFTSHADER_ICD = "/usr/lib/chromium/vk_swiftshader_icd.json"
 INSTALL_HINT = ("a GPU with a Vulkan driver, or on a machine without one SwiftShader: apt install chromium "
@@ -154,20 +154,12 @@ def _compile(model, gpu_only: bool):
 
     use_environment()
     accel = HardwareAccelerator.GPU if gpu_only else HardwareAccelerator.GPU | HardwareAccelerator.CPU
-    with captured(2) as err, captured(1):
-        try:
-            if isinstance(model, (str, os.PathLike)):
-                compiled = CompiledModel.from_file(os.fspath(model), hardware_accel=accel)
-            else:
-                compiled = CompiledModel.from_buffer(bytes(model), hardware_accel=accel)
-        except RuntimeError as e:
-            failure = e
+    with runtime_errors(_explain) as err, captured(1):
+        if isinstance(model, (str, os.PathLike)):
+            compiled = CompiledModel.from_file(os.fspath(model), hardware_accel=accel)
         else:
-            failure = None
-    said = "".join(err)
-    if failure is not None:
-        raise RuntimeError(_reason(said) or _last_line(str(failure))) from None
-    return compiled, said
+            compiled = CompiledModel.from_buffer(bytes(model), hardware_accel=accel)
+    return compiled, "".join(err)
 
 
 def coverage(model) -> Coverage:
@@ -234,6 +226,11 @@ def _without_tensor_name(reason: str) -> str:
     return head + "." if sep and tail and " " not in tail else reason
 
 
+def _explain(said: str, failure: Exception) -> str:
+    """The delegate's own ERROR line, else the binding's last line."""
+    return _reason(said) or _last_line(str(failure))
+
+
 def _reason(said: str) -> str:
     for line in said.splitlines():
         line = line.strip()
@@ -265,22 +262,15 @@ class GpuRunnable:
         return {n: {"shape": np.array(d["shape"]), "dtype": np.dtype(d["dtype"])} for n, d in self.inputs.items()}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with captured(2) as err:
-            try:
-                for buf, (name, d) in zip(self._in, self.inputs.items()):
-                    buf.write(np.ascontiguousarray(feeds[name], dtype=d["dtype"]))
-                self.compiled.run_by_index(self.index, self._in, self._out)
-                out = {}
-                for i, (buf, (name, d)) in enumerate(zip(self._out, self.outputs.items())):
-                    shape = [int(s) for s in d["shape"]]
-                    value = buf.read(int(np.prod(shape)), d["dtype"]).reshape(shape)
-                    out[name if self.key is not None else f"{d['name']}#{i}"] = value
-            except (RuntimeError, ValueError) as e:
-                failure = e
-            else:
-                failure = None
-        if failure is not None:
-            raise RuntimeError(_reason("".join(err)) or _last_line(str(failure))) from None
+        with runtime_errors(_explain):
+            for buf, (name, d) in zip(self._in, self.inputs.items()):
+                buf.write(np.ascontiguousarray(feeds[name], dtype=d["dtype"]))
+            self.compiled.run_by_index(self.index, self._in, self._out)
+            out = {}
+            for i, (buf, (name, d)) in enumerate(zip(self._out, self.outputs.items())):
+                shape = [int(s) for s in d["shape"]]
+                value = buf.read(int(np.prod(shape)), d["dtype"]).reshape(shape)
+                out[name if self.key is not None else f"{d['name']}#{i}"] = value
         return out
 
 

@@ -20,7 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .cstdio import captured
+from .cstdio import captured, first_line, runtime_errors
 
 #: arena for verification runs: generous (the host has memory), and the
 #: arena a model really uses is measured and reported
@@ -46,19 +46,11 @@ class MicroRunnable:
         from tflite_micro.python.tflite_micro import runtime
 
         self.specs, self.outputs = specs, outputs
-        with captured(2) as err, captured(1):
-            try:
-                if isinstance(model, (str, os.PathLike)):
-                    self.interp = runtime.Interpreter.from_file(os.fspath(model), arena_size=ARENA_BYTES)
-                else:
-                    self.interp = runtime.Interpreter.from_bytes(bytes(model), arena_size=ARENA_BYTES)
-            except (RuntimeError, ValueError) as e:
-                failure = e
+        with runtime_errors(first_line), captured(1):
+            if isinstance(model, (str, os.PathLike)):
+                self.interp = runtime.Interpreter.from_file(os.fspath(model), arena_size=ARENA_BYTES)
             else:
-                failure = None
-        if failure is not None:
-            said = [ln.strip() for ln in "".join(err).splitlines() if ln.strip()]
-            raise RuntimeError(said[0] if said else str(failure)) from None
+                self.interp = runtime.Interpreter.from_bytes(bytes(model), arena_size=ARENA_BYTES)
         self.arena_bytes = self._arena_bytes()
 
     def _arena_bytes(self) -> int | None:
@@ -71,19 +63,11 @@ class MicroRunnable:
         return {n: {"shape": np.array(s), "dtype": d} for n, s, d in self.specs}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with captured(2) as err:
-            try:
-                for i, (name, _, dtype) in enumerate(self.specs):
-                    self.interp.set_input(np.asarray(feeds[name], dtype), i)
-                self.interp.invoke()
-                outs = {f"{n}#{i}": np.array(self.interp.get_output(i)) for i, n in enumerate(self.outputs)}
-            except (RuntimeError, ValueError) as e:
-                failure = e
-            else:
-                failure = None
-        if failure is not None:
-            said = [ln.strip() for ln in "".join(err).splitlines() if ln.strip()]
-            raise RuntimeError(said[0] if said else str(failure)) from None
+        with runtime_errors(first_line):
+            for i, (name, _, dtype) in enumerate(self.specs):
+                self.interp.set_input(np.asarray(feeds[name], dtype), i)
+            self.interp.invoke()
+            outs = {f"{n}#{i}": np.array(self.interp.get_output(i)) for i, n in enumerate(self.outputs)}
         return outs
 
 

@@ -27,8 +27,8 @@ INF = math.inf
 
 # Kinds. The four weighted kinds are also the layouts folding.py knows.
 CONV, DEPTHWISE, FC, TRANSPOSE_CONV = "conv", "depthwise", "fc", "transpose_conv"
-ELEMENTWISE, ACTIVATION, SLICING, CONCATENATION, PAD, DEQUANTIZE = (
-    "elementwise", "activation", "slicing", "concatenation", "pad", "dequantize")
+ELEMENTWISE, ACTIVATION, SLICING, CONCATENATION, PAD, DEQUANTIZE, UNARY = (
+    "elementwise", "activation", "slicing", "concatenation", "pad", "dequantize", "unary")
 WEIGHTED = (CONV, DEPTHWISE, FC, TRANSPOSE_CONV)
 
 #: the fused activations the passes compose, each as the interval it clamps to
@@ -62,6 +62,12 @@ class Traits:
     #: the op version a feature needs: {"bias": 3, "activation": 4, ...}
     versions: dict = field(default_factory=dict)
 
+    @property
+    def per_element(self) -> bool:
+        """Each output element is computed from the same position of the
+        operands (broadcast), so the op runs the same in any layout."""
+        return self.kind in (ELEMENTWISE, ACTIVATION, UNARY)
+
 
 _CONV_QUANT = frozenset({TensorType.INT8, TensorType.UINT8, TensorType.INT16})
 
@@ -87,6 +93,10 @@ TRAITS: dict[int, Traits] = {
     Op.RELU: Traits(ACTIVATION, clamp=(0.0, INF), quantized=QUANTIZED_TYPES),
     Op.RELU6: Traits(ACTIVATION, clamp=(0.0, 6.0), quantized=QUANTIZED_TYPES),
     Op.RELU_N1_TO_1: Traits(ACTIVATION, clamp=(-1.0, 1.0), quantized=QUANTIZED_TYPES),
+    # Per-element ops no pass fuses, which layout rewrites carry along as they are.
+    **{code: Traits(UNARY) for code in (Op.HARD_SWISH, Op.RELU_0_TO_1, Op.LOGISTIC, Op.TANH, Op.ABS, Op.NEG,
+                                        Op.EXP, Op.SQRT, Op.RSQRT, Op.SQUARE, Op.LEAKY_RELU, Op.ELU, Op.GELU)},
+    **{code: Traits(ELEMENTWISE) for code in (Op.SQUARED_DIFFERENCE, Op.POW)},
     Op.SPLIT: Traits(SLICING, data=1),
     Op.SPLIT_V: Traits(SLICING),
     Op.SLICE: Traits(SLICING),

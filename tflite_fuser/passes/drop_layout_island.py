@@ -34,15 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph import Operator, Subgraph, Tensor
+from ..ops import traits
 from ..schema import BuiltinOperator as Op
 from ..schema import TensorType
 from .base import FusionPass, Match, PassContext, Skip
 from .rebuild import clone_op
-
-_UNARY = {Op.HARD_SWISH, Op.RELU, Op.RELU6, Op.RELU_N1_TO_1, Op.RELU_0_TO_1, Op.LOGISTIC, Op.TANH, Op.ABS,
-          Op.NEG, Op.EXP, Op.SQRT, Op.RSQRT, Op.SQUARE, Op.LEAKY_RELU, Op.ELU, Op.GELU}
-_BINARY = {Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAXIMUM, Op.MINIMUM, Op.SQUARED_DIFFERENCE, Op.POW}
-
 
 @dataclass
 class Island(Match):
@@ -175,7 +171,7 @@ def _walk(ctx: PassContext, sg: Subgraph, entry: Operator, perm: list[int], inv:
             island.add(id(t))
             todo.append(t)
             return None
-        if p is not None and (p.code in _UNARY or p.code in _BINARY):
+        if p is not None and traits(p.code).per_element:
             return take(p)
         return f"{u.type_name} reads {t.name!r} from outside the island"
 
@@ -208,7 +204,7 @@ def _runs_in_nhwc(u: Operator) -> str | None:
     constants permuted and its axes remapped)."""
     if len(u.outputs) != 1 or u.outputs[0] is None:
         return f"{u.type_name} has several outputs"
-    if u.code in _UNARY or u.code in _BINARY:
+    if traits(u.code).per_element:
         return None
     if u.code == Op.MEAN:
         axes = u.inputs[1].value() if len(u.inputs) > 1 and u.inputs[1] is not None else None

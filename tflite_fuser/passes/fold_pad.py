@@ -32,15 +32,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from .. import folding
 from ..graph import Model, Operator, Subgraph
 from ..ops import CONV, DEPTHWISE, PAD, codes
-from ..schema import BuiltinOperator as Op
 from ..schema import Padding
 from .base import FusionPass, Match, PassContext, Skip
-from .predicates import same_quantization, why_not_removable
+from .predicates import same_quantization, spatial_zero_pad, why_not_removable
 from .rebuild import clone_op
 
 CONVS = codes((CONV, DEPTHWISE))
@@ -88,16 +85,9 @@ class FoldPadIntoConv(FusionPass):
             return "the padded tensor is not 4-D"
         if x.dtype != p_out.dtype or not same_quantization(x, p_out):
             return "PAD changes the type or quantization"
-        amounts = pad.inputs[1].value() if pad.inputs[1] is not None else None
-        if amounts is None or amounts.dtype.kind not in "iu" or amounts.shape != (4, 2):
-            return "paddings are not a constant [4, 2] integer tensor"
-        amounts = amounts.astype(np.int64)
-        if amounts[0].any() or amounts[3].any():
-            return f"PAD pads the batch or channel axis ({amounts.tolist()})"
-        if pad.code == Op.PADV2 and len(pad.inputs) > 2 and pad.inputs[2] is not None:
-            why = _nonzero_pad_value(pad)
-            if why:
-                return why
+        amounts = spatial_zero_pad(pad)
+        if isinstance(amounts, str):
+            return amounts
         w = conv.inputs[1]
         if w is None or len(w.shape) != 4:
             return f"{conv.type_name} filter is not 4-D"
@@ -122,18 +112,3 @@ class FoldPadIntoConv(FusionPass):
             if sig[axis] >= 0 and y.shape[axis] != -(-int(x.shape[axis]) // strides[i]):
                 return "the conv output shape does not match a SAME conv"
         return None
-
-
-def _nonzero_pad_value(pad: Operator) -> str | None:
-    c = pad.inputs[2]
-    v = c.value()
-    if v is None or v.size != 1:
-        return "PADV2 pad value is not a constant scalar"
-    q = c.quant_params()
-    if q is not None:
-        real = (float(v.reshape(-1)[0]) - float(q[1][0])) * float(q[0][0])
-    else:
-        real = float(v.reshape(-1)[0])
-    if real != 0.0:
-        return f"PADV2 pads with {real:g}, not 0"
-    return None

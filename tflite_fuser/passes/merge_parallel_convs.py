@@ -47,17 +47,18 @@ import numpy as np
 from .. import folding, reparam
 from ..folding import FoldError
 from ..graph import Operator, Subgraph, Tensor
-from ..ops import ACTIVATION_RANGE, fused_activation, traits
+from ..ops import ACTIVATION_RANGE, CONV, DEPTHWISE, PAD, codes, fused_activation, traits
 from ..schema import ActivationFunctionType as Act
 from ..schema import BuiltinOperator as Op
 from ..schema import Padding, TensorType
 from .base import FusionPass, Match, PassContext, Skip
-from .predicates import float_weights, is_float32, why_not_removable
+from .predicates import float_weights, is_float32, spatial_zero_pad, why_not_removable
 from .rebuild import clone_op, drop_dead_dequantize, opcode_for
 from .weights import Weight, WeightStore, float_weight_of
 
 _TREE = (Op.ADD, Op.SUB)
-_CONVS = (Op.CONV_2D, Op.DEPTHWISE_CONV_2D)
+_CONVS = codes((CONV, DEPTHWISE))
+_PADS = codes(PAD)
 
 
 @dataclass
@@ -281,7 +282,7 @@ def _branch(ctx: PassContext, sg: Subgraph, conv: Operator, channels: int) -> Br
         raise _NotLinear("not a 4-D conv")
     pad_op = sg.producer(src)
     before = [0, 0]
-    if pad_op is not None and pad_op.code in (Op.PAD, Op.PADV2) and _zero_spatial_pad(pad_op) is not None:
+    if pad_op is not None and pad_op.code in _PADS and _zero_spatial_pad(pad_op) is not None:
         amounts = _zero_spatial_pad(pad_op)
         before = [int(amounts[1][0]), int(amounts[2][0])]
         x = pad_op.inputs[0]
@@ -299,17 +300,9 @@ def _branch(ctx: PassContext, sg: Subgraph, conv: Operator, channels: int) -> Br
 
 
 def _zero_spatial_pad(pad: Operator) -> np.ndarray | None:
-    """A PAD's [4, 2] amounts when it pads H and W only, with zeros."""
-    amounts = pad.inputs[1].value() if len(pad.inputs) > 1 and pad.inputs[1] is not None else None
-    if amounts is None or amounts.shape != (4, 2) or amounts.dtype.kind not in "iu":
-        return None
-    if amounts[0].any() or amounts[3].any() or (amounts < 0).any():
-        return None
-    if pad.code == Op.PADV2 and len(pad.inputs) > 2 and pad.inputs[2] is not None:
-        v = pad.inputs[2].value()
-        if v is None or v.size != 1 or float(v.reshape(-1)[0]) != 0.0 or pad.inputs[2].is_quantized:
-            return None
-    if pad.outputs[0].is_quantized or pad.outputs[0].dtype != TensorType.FLOAT32:
+    """A float32 PAD's amounts when it pads H and W only, with zeros."""
+    amounts = spatial_zero_pad(pad)
+    if isinstance(amounts, str) or pad.outputs[0].is_quantized or pad.outputs[0].dtype != TensorType.FLOAT32:
         return None
     return amounts
 
@@ -317,7 +310,7 @@ def _zero_spatial_pad(pad: Operator) -> np.ndarray | None:
 def _private_pad(sg: Subgraph, conv: Operator) -> list[Operator]:
     """The PAD before ``conv`` when only ``conv`` reads it (it goes with it)."""
     p = sg.producer(conv.inputs[0])
-    if p is not None and p.code in (Op.PAD, Op.PADV2) and len(sg.consumers(p.outputs[0])) == 1 \
+    if p is not None and p.code in _PADS and len(sg.consumers(p.outputs[0])) == 1 \
             and _zero_spatial_pad(p) is not None:
         return [p]
     return []

@@ -137,3 +137,27 @@ def input_affine_weights(sg: Subgraph, op: Operator) -> tuple[Weight, Weight | N
     except FoldError as e:
         return str(e)
     return found
+
+
+def spatial_zero_pad(pad: Operator) -> np.ndarray | str:
+    """A PAD's (or PADV2's) constant ``[4, 2]`` amounts when it pads H and W
+    only, with real zeros (what SAME padding and a convolution's window pad
+    with); otherwise why not."""
+    amounts = pad.inputs[1].value() if len(pad.inputs) > 1 and pad.inputs[1] is not None else None
+    if amounts is None or amounts.dtype.kind not in "iu" or amounts.shape != (4, 2):
+        return "paddings are not a constant [4, 2] integer tensor"
+    amounts = amounts.astype(np.int64)
+    if amounts[0].any() or amounts[3].any():
+        return f"PAD pads the batch or channel axis ({amounts.tolist()})"
+    if (amounts < 0).any():
+        return f"PAD has negative paddings ({amounts.tolist()})"
+    if pad.code == Op.PADV2 and len(pad.inputs) > 2 and pad.inputs[2] is not None:
+        c = pad.inputs[2]
+        v = c.value()
+        if v is None or v.size != 1:
+            return "PADV2 pad value is not a constant scalar"
+        q = c.quant_params()
+        real = (float(v.reshape(-1)[0]) - float(q[1][0])) * float(q[0][0]) if q is not None else float(v.reshape(-1)[0])
+        if real != 0.0:
+            return f"PADV2 pads with {real:g}, not 0"
+    return amounts

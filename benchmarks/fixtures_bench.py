@@ -179,7 +179,7 @@ def chart(rows: list[dict], path: Path) -> None:
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="*", help="fixture names (as in the manifest)")
-    p.add_argument("--routes", default="tf,naive,litert_torch,onnx2tf,quant",
+    p.add_argument("--routes", default="tf,naive,litert_torch,onnx2tf,nobuco,quant",
                    help="comma-separated routes to include")
     p.add_argument("--rounds", type=int, default=9, help="alternating timing rounds per kernel set")
     p.add_argument("--out", default=str(OUT), help="where the JSON and the chart go")

@@ -126,6 +126,6 @@ def test_uncommitted_fixtures_are_ignored_by_git():
 def test_committed_corpus_stays_small():
     """Clones and CI stay quick: 23.6 MiB before the training-form networks
     (RepVGG, ACNet, MobileOne in four routes each) and the GPU fixtures, 30.2
-    after, with those networks narrowed to keep it so."""
+    after, with those networks narrowed to keep it so; 32.1 with nobuco's route."""
     total = sum(e["size_bytes"] for e in ENTRIES if e["committed"])
-    assert total < 32 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"
+    assert total < 33 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"

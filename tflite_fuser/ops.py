@@ -93,8 +93,10 @@ TRAITS: dict[int, Traits] = {
     Op.RELU: Traits(ACTIVATION, clamp=(0.0, INF), quantized=QUANTIZED_TYPES),
     Op.RELU6: Traits(ACTIVATION, clamp=(0.0, 6.0), quantized=QUANTIZED_TYPES),
     Op.RELU_N1_TO_1: Traits(ACTIVATION, clamp=(-1.0, 1.0), quantized=QUANTIZED_TYPES),
+    # No fused activation clamps to [0, 1]: a clamp the passes compose, never fuse.
+    Op.RELU_0_TO_1: Traits(ACTIVATION, clamp=(0.0, 1.0)),
     # Per-element ops no pass fuses, which layout rewrites carry along as they are.
-    **{code: Traits(UNARY) for code in (Op.HARD_SWISH, Op.RELU_0_TO_1, Op.LOGISTIC, Op.TANH, Op.ABS, Op.NEG,
+    **{code: Traits(UNARY) for code in (Op.HARD_SWISH, Op.LOGISTIC, Op.TANH, Op.ABS, Op.NEG,
                                         Op.EXP, Op.SQRT, Op.RSQRT, Op.SQUARE, Op.LEAKY_RELU, Op.ELU, Op.GELU)},
     **{code: Traits(ELEMENTWISE) for code in (Op.SQUARED_DIFFERENCE, Op.POW)},
     Op.SPLIT: Traits(SLICING, data=1),

@@ -18,6 +18,9 @@ Measured here (LiteRT 2.3, one thread; ``benchmarks/fixtures_bench.py``):
   CONV_2Ds on every kernel set; a grouped CONV_2D does on XNNPACK, LiteRT's
   reference kernels and TFLite Micro, but the optimized built-in kernel rounds
   some values one step differently (``tests/test_grouped_conv_runtime.py``);
+- a clamp to [0, 1] as one RELU_0_TO_1, next to RELU fused into the conv and
+  a MINIMUM: 1.02x on the built-in kernels, 0.96x under XNNPACK (nobuco's
+  MobileNetV3);
 - TFLite Micro loads no CONCATENATION of more than 10 inputs, and has no
   kernel for float16 DEQUANTIZE, RELU_0_TO_1, DENSIFY or GELU.
 """
@@ -42,6 +45,8 @@ QUANTIZED_STRIDED_POINTWISE = "quantized 1x1 CONV_2D with stride > 1, computed r
 
 # Speed questions (what a runtime runs faster).
 MERGE_GROUPED = "merge-grouped"
+#: a clamp to [0, 1] as one RELU_0_TO_1 rather than RELU + MINIMUM
+CLAMP_AS_RELU_0_TO_1 = "clamp-as-relu-0-to-1"
 
 #: a FULLY_CONNECTED that reads a rank-4 input with more than one non-1 axis as
 #: rows of its input size (LiteRT's GPU delegate computes that wrongly: measured
@@ -95,12 +100,16 @@ _INT8_GROUPED = (TensorType.INT8, "grouped")
 _GROUPED_SLOWER = (False, "a grouped CONV_2D measured 0.61-0.72x the speed of its split form on the built-in "
                           "kernels (ResNeXt, RegNetX)")
 _GROUPED_FASTER = (True, "a grouped CONV_2D measured 1.06-1.5x faster than its split form under XNNPACK")
+_RELU01_FASTER = (True, "RELU_0_TO_1 measured 1.02x the speed of RELU (fused) + MINIMUM on the built-in "
+                        "kernels (nobuco MobileNetV3's 5 squeeze-excite gates)")
+_RELU01_SLOWER = (False, "RELU_0_TO_1 measured 0.96x the speed of RELU (fused) + MINIMUM under XNNPACK "
+                         "(nobuco MobileNetV3's 5 squeeze-excite gates)")
 
 TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("xnnpack", "LiteRT's CPU path with the XNNPACK delegate (its default)", "xnnpack",
-           prefers={MERGE_GROUPED: _GROUPED_FASTER}, exact_quantized=frozenset({_INT8_DW, _INT8_GROUPED})),
+           prefers={MERGE_GROUPED: _GROUPED_FASTER, CLAMP_AS_RELU_0_TO_1: _RELU01_SLOWER}, exact_quantized=frozenset({_INT8_DW, _INT8_GROUPED})),
     Target("builtin", "LiteRT's own CPU kernels, without a delegate (and runtimes built on them)", "builtin",
-           prefers={MERGE_GROUPED: _GROUPED_SLOWER}, exact_quantized=frozenset({_INT8_DW})),
+           prefers={MERGE_GROUPED: _GROUPED_SLOWER, CLAMP_AS_RELU_0_TO_1: _RELU01_FASTER}, exact_quantized=frozenset({_INT8_DW})),
     Target("gpu", "LiteRT's GPU accelerator (grouped CONV_2D runs; rank 5, RELU_0_TO_1 and DENSIFY do not)",
            "gpu", supports=frozenset({GROUPED_CONV, FLOAT16_DEQUANTIZE}),
            prefers={MERGE_GROUPED: (True, "the GPU accelerator runs a grouped CONV_2D (fewer dispatches; "
@@ -112,7 +121,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            exact_quantized=frozenset({_INT8_DW, _INT8_GROUPED}), limits={"max_concat_inputs": 10}),
     Target("portable", "only rewrites that are a win or neutral on every target measured", "builtin",
            prefers={MERGE_GROUPED: (False, "a grouped CONV_2D is slower than its split form on the built-in "
-                                           "kernels (0.61-0.72x), faster under XNNPACK")},
+                                           "kernels (0.61-0.72x), faster under XNNPACK"),
+                    CLAMP_AS_RELU_0_TO_1: (False, "RELU_0_TO_1 is faster on the built-in kernels, slower under "
+                                                  "XNNPACK, and missing on the GPU and TFLite Micro")},
            exact_quantized=frozenset({_INT8_DW})),
 ]}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from .base import FusionPass, Match, PassContext, Skip
 from .densify_constants import DensifyConstants
 from .dequantize_weights import DequantizeWeights
+from .drop_identities import DropIdentities
 from .drop_layout_island import DropLayoutIsland
 from .drop_reshape_before_fc import DropReshapeBeforeFc
 from .fold_affine import FoldAffine
@@ -26,9 +27,12 @@ from .fold_concat_affine import FoldConcatAffine
 from .fold_input_affine import FoldInputAffine
 from .fold_pad import FoldPadIntoConv
 from .fuse_activation import FuseActivation
+from .fuse_hard_swish import FuseHardSwish
 from .fuse_split_conv import FuseSplitConv
 from .lower_relu_0_to_1 import LowerRelu0To1
 from .lower_transpose_rank import LowerTransposeRank
+from .merge_clamps import MergeClamps
+from .merge_layout_pairs import MergeLayoutPairs
 from .merge_parallel_convs import MergeParallelConvs
 from .narrow_block_diagonal import NarrowBlockDiagonalConv
 from .stride_before_pointwise import StrideBeforePointwise
@@ -42,9 +46,12 @@ PASS_CLASSES: list[type[FusionPass]] = [
     DequantizeWeights,
     LowerRelu0To1,
     LowerTransposeRank,
+    # Written-out activations become one op before the folds look at their pieces.
+    FuseHardSwish,
     FoldPadIntoConv,
     FoldInputAffine,
     FoldAffine,
+    MergeClamps,
     FuseActivation,
     MergeParallelConvs,
     FuseSplitConv,
@@ -56,6 +63,9 @@ PASS_CLASSES: list[type[FusionPass]] = [
     StridedSliceToSlice,
     DropReshapeBeforeFc,
     DropLayoutIsland,
+    # Clean-up of what converters and the passes above leave: exact for every type.
+    MergeLayoutPairs,
+    DropIdentities,
 ]
 
 

@@ -66,3 +66,14 @@ def drop_dead_dequantize(model: Model, sg: Subgraph, tensors) -> None:
         if (p is not None and p.code == Op.DEQUANTIZE and not sg.consumers(t) and not model.is_observed(sg, t)
                 and p.inputs and p.inputs[0] is not None and p.inputs[0].is_constant):
             sg.remove_operator(p)
+
+
+def bypass(model: Model, sg: Subgraph, op: Operator, x: Tensor) -> None:
+    """Remove ``op``, whose one output equals ``x``: each reader of that
+    output is swapped, in its own slot, for a copy reading ``x`` (so the list
+    stays sorted: ``x`` comes before ``op``, which comes before them all)."""
+    y = op.outputs[0]
+    for reader in sg.consumers(y):
+        sg.replace([reader], clone_op(reader, inputs=[x if t is y else t for t in reader.inputs]))
+    sg.remove_operator(op)
+    drop_dead_dequantize(model, sg, op.inputs)

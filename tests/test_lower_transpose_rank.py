@@ -71,7 +71,8 @@ def test_a_transpose_that_needs_rank_5_even_merged_is_left_with_the_reason():
     x = b.input("x", [2, 3, 4, 5, 6])
     y = b.transpose(b.reshape(x, [2, 3, 4, 5, 6]), [4, 3, 2, 1, 0], version=4)
     b.output(b.reshape(y, [6, 5, 4, 6]))
-    r = fuse_and_check(b.to_bytes(), target="gpu")
+    # (the identity RESHAPE in front would be drop-identities' business)
+    r = fuse_and_check(b.to_bytes(), target="gpu", passes=["lower-transpose-rank"])
     assert r.report["nothing_to_fuse"]
     assert any("even with adjacent axes merged the transpose has rank 5" in s
                for s in reasons(r, "lower-transpose-rank"))

@@ -1,5 +1,6 @@
 """lower-relu-0-to-1: RELU_0_TO_1 becomes MINIMUM(RELU(x), 1), for a target
-that has no RELU_0_TO_1 kernel.
+that has no RELU_0_TO_1 kernel, or one that runs the pair faster once the
+RELU is fused into the op before it.
 
 Pattern::
 
@@ -8,8 +9,11 @@ Pattern::
 Clamping to [0, inf) then to (-inf, 1] is clamping to [0, 1]: exact in float.
 onnx2tf writes hard-sigmoid so (MobileNetV3, GhostNet), and neither LiteRT's
 GPU accelerator ("Not supported op") nor TFLite Micro (no kernel) runs it;
-the written-out form runs on both. Elsewhere RELU_0_TO_1 is one op and stays
-(no candidate is reported).
+the written-out form runs on both. XNNPACK has no RELU_0_TO_1 either (LiteRT
+runs it on its built-in kernel, between two delegated partitions): where the
+target prefers the pair (``targets.CLAMP_AS_RELU_0_TO_1``) and the producer
+takes a fused RELU, it is lowered too, at no cost in ops (the RELU fuses).
+Elsewhere RELU_0_TO_1 is one op and stays (no candidate is reported).
 
 Preconditions: float32 input and output (a quantized MINIMUM compares raw
 integers against a constant of its own quantization: not done here).
@@ -24,7 +28,9 @@ import numpy as np
 from ..graph import Operator, Subgraph, Tensor
 from ..schema import BuiltinOperator as Op
 from ..schema import BuiltinOptions, TensorType, fb
-from ..targets import RELU_0_TO_1
+from ..ops import fused_activation, traits
+from ..schema import ActivationFunctionType as Act
+from ..targets import CLAMP_AS_RELU_0_TO_1, RELU_0_TO_1
 from .base import FusionPass, Match, PassContext, Skip
 from .predicates import is_float32
 
@@ -40,13 +46,24 @@ class LowerRelu0To1(FusionPass):
     anchors = (Op.RELU_0_TO_1,)
 
     def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> Relu01 | Skip | None:
-        if RELU_0_TO_1 in ctx.target.supports:
-            return None
         if len(op.inputs) != 1 or len(op.outputs) != 1 or op.inputs[0] is None:
             return None
+        why = ctx.target.lacks(RELU_0_TO_1)
+        if why is None:
+            slower = ctx.target.refuses(CLAMP_AS_RELU_0_TO_1)
+            if slower is None or not self._takes_relu(sg, op.inputs[0]):
+                return None
+            why = slower
         if not (is_float32(op.inputs[0]) and is_float32(op.outputs[0])):
-            return Skip(f"{ctx.target.lacks(RELU_0_TO_1)}, but the tensors are not float32", op)
+            return Skip(f"{why}, but the tensors are not float32", op)
         return Relu01(op)
+
+    @staticmethod
+    def _takes_relu(sg: Subgraph, x: Tensor) -> bool:
+        """x's producer can take the RELU as its fused activation."""
+        p = sg.producer(x)
+        return (p is not None and Act.RELU in traits(p.code).activations and fused_activation(p) == Act.NONE
+                and len(sg.consumers(x)) == 1)
 
     def apply(self, ctx: PassContext, sg: Subgraph, m: Relu01) -> str:
         x, y = m.op.inputs[0], m.op.outputs[0]
@@ -58,4 +75,4 @@ class LowerRelu0To1(FusionPass):
         minimum = Operator(model.opcode(Op.MINIMUM), [t, one], [y], options=fb.MaximumMinimumOptionsT(),
                            options_type=BuiltinOptions.MaximumMinimumOptions)
         sg.replace([m.op], [relu, minimum])
-        return f"wrote RELU_0_TO_1 -> {y.name!r} as MINIMUM(RELU(x), 1) (no RELU_0_TO_1 on target {ctx.target.name})"
+        return f"wrote RELU_0_TO_1 -> {y.name!r} as MINIMUM(RELU(x), 1) (for target {ctx.target.name})"

@@ -144,6 +144,8 @@ class FuseOptions:
     bench: bool = False
     bench_rounds: int = 7
     bench_threads: int = 1
+    #: a directory for Model Explorer node-data files of what the run changed (explorer.py)
+    explorer: str | None = None
 
     #: the library's keyword names that are not field names of these classes
     ALIASES = {"verify_output": ("verify", "enabled"), "verify_timeout": ("verify", "timeout")}

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__, proof, regions
+from . import __version__, explorer, proof, regions
 from .atomic import check_destination, commit, discard, free_backup_name, write_temp
 from .errors import UsageError
 from .graph import Model
 from .options import FuseOptions, PassOptions, VerifyOptions
 from .targets import Target
 from .pagecache import WeightPages
-from .passes import PassContext, select
+from .passes import PassContext, pass_names, select
 from .regions import Region
 from .revert import Reverted, recover
 from .reader import Source, load_bytes, parse
@@ -165,6 +165,11 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *, options: FuseOpti
     is_path = not isinstance(src, (bytes, bytearray, memoryview))
     dst_path = check_destination(src if is_path else None, dst, opts.in_place) if dst is not None else None
 
+    if opts.explorer:  # before any work: a directory we cannot write is the user's to fix
+        try:
+            Path(opts.explorer).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--explorer {opts.explorer}: cannot create the directory ({e.strerror or e})") from None
     with building_a_model():
         return _fuse(src, dst_path, is_path, opts, log, say, progress, t0)
 
@@ -275,6 +280,10 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
     model, ctx = run.model, run.ctx
     after = model_stats(model, run.chunks.nbytes, str(dst_path) if dst_path else None)
     notes = run.notes
+    explorer_files = None
+    if opts.explorer:
+        stem = Path(str(src)).stem if is_path else "model"
+        explorer_files = explorer.write(opts.explorer, stem, model, ctx.original_ops, ctx.rewrites, pass_names())
 
     report = {
         "report_version": REPORT_VERSION,
@@ -289,6 +298,7 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
         "verification": verification.to_dict() if verification is not None else None,
         "reverted": [r.to_dict() for r in reverted],
         "bench": bench,
+        "explorer": explorer_files,
         "notes": notes,
         "nothing_to_fuse": run.nothing_to_fuse,
         "written": written is not None,

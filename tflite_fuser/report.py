@@ -75,6 +75,7 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
         lines.extend(verification_lines(v, verbose))
     lines.extend(reverted_lines(report.get("reverted", [])))
     lines.extend(bench_lines(report.get("bench")))
+    lines.extend(explorer_lines(report.get("explorer")))
     if report["written"]:
         copy = " (a byte-for-byte copy of the input)" if report["nothing_to_fuse"] else ""
         lines.append(f"  wrote {b['path']}{copy}" + (f" (backup {report['backup']})" if report.get("backup") else ""))
@@ -207,6 +208,14 @@ def reverted_lines(reverted: list[dict[str, Any]]) -> list[str]:
     lines = [f"  reverted {len(reverted)} rewrite(s) whose proof failed (the rest are kept):"]
     lines.extend(f"    {r['pass']}: {_where(r)}{r['what']}: {r['error']}" for r in reverted)
     return lines
+
+
+def explorer_lines(files: dict | None) -> list[str]:
+    if not files:
+        return []
+    legend = ", ".join(f"{v['value']} {p} ({v['color']})" for p, v in files["legend"].items()) or "no rewrites"
+    return [f"  Model Explorer node data: {files['original']} (input), {files['fused']} (fused); "
+            f"values by pass: {legend}"]
 
 
 def bench_lines(bench: dict | None) -> list[str]:

@@ -39,6 +39,7 @@ FLOAT16_DEQUANTIZE = "float16 weights behind DEQUANTIZE"
 RELU_0_TO_1 = "RELU_0_TO_1"
 DENSIFY = "DENSIFY"
 RANK_5 = "tensors of rank 5 or more"
+GELU = "GELU"
 #: a quantized 1x1 CONV_2D with stride > 1 (LiteRT's GPU delegate ignores the
 #: stride: "Shape mismatch ... output of convolution1x1"; its output is wrong)
 QUANTIZED_STRIDED_POINTWISE = "quantized 1x1 CONV_2D with stride > 1, computed right"
@@ -54,7 +55,8 @@ CLAMP_AS_RELU_0_TO_1 = "clamp-as-relu-0-to-1"
 FLATTENING_FC = "FULLY_CONNECTED flattening a rank-4 input, computed right"
 
 #: every form a target may lack, for the table's completeness
-FORMS = (GROUPED_CONV, FLOAT16_DEQUANTIZE, RELU_0_TO_1, DENSIFY, RANK_5, QUANTIZED_STRIDED_POINTWISE, FLATTENING_FC)
+FORMS = (GROUPED_CONV, FLOAT16_DEQUANTIZE, RELU_0_TO_1, DENSIFY, RANK_5, QUANTIZED_STRIDED_POINTWISE, FLATTENING_FC,
+         GELU)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("builtin", "LiteRT's own CPU kernels, without a delegate (and runtimes built on them)", "builtin",
            prefers={MERGE_GROUPED: _GROUPED_SLOWER, CLAMP_AS_RELU_0_TO_1: _RELU01_FASTER}, exact_quantized=frozenset({_INT8_DW})),
     Target("gpu", "LiteRT's GPU accelerator (grouped CONV_2D runs; rank 5, RELU_0_TO_1 and DENSIFY do not)",
-           "gpu", supports=frozenset({GROUPED_CONV, FLOAT16_DEQUANTIZE}),
+           "gpu", supports=frozenset({GROUPED_CONV, FLOAT16_DEQUANTIZE, GELU}),
            prefers={MERGE_GROUPED: (True, "the GPU accelerator runs a grouped CONV_2D (fewer dispatches; "
                                           "its speed on a phone GPU was not measured here)")}),
     Target("micro", "TFLite Micro (microcontrollers): its op set and limits, proved on TFLM itself", "micro",

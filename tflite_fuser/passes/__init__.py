@@ -28,6 +28,7 @@ from .fold_input_affine import FoldInputAffine
 from .fold_pad import FoldPadIntoConv
 from .fuse_activation import FuseActivation
 from .fuse_dilated_conv import FuseDilatedConv
+from .fuse_gelu import FuseGelu
 from .fuse_hard_swish import FuseHardSwish
 from .fuse_split_conv import FuseSplitConv
 from .lower_relu_0_to_1 import LowerRelu0To1
@@ -49,6 +50,7 @@ PASS_CLASSES: list[type[FusionPass]] = [
     LowerTransposeRank,
     # Written-out activations become one op before the folds look at their pieces.
     FuseHardSwish,
+    FuseGelu,
     FuseDilatedConv,
     FoldPadIntoConv,
     FoldInputAffine,

@@ -1,0 +1,84 @@
+"""What a group of per-element ops computes, as a function of one tensor.
+
+Converters write activations out of elementwise ops (tanh-GELU as nine:
+``x*x, *x, *0.044715, +x, *0.7978846, TANH, +1, *x, *0.5``), in whatever order
+the source expression had. Rather than list orders, a pass evaluates the
+ops on probe values of their one varying input and compares the result with
+the activation's formula: two chains that compute the same function on
+thousands of points across the range that matters are the same activation
+(and the interpreter then proves the rewrite on real data, as always).
+
+:func:`evaluate` runs ops in float64 with numpy, constants read from the
+graph; :data:`PROBE` is the probe. Pure arithmetic; no graph edits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .graph import Operator, Tensor
+from .ops import ACTIVATION_RANGE, fused_activation
+from .schema import ActivationFunctionType as Act
+from .schema import BuiltinOperator as Op
+
+#: probe values: dense where activations bend, sparse out to where they saturate
+PROBE = np.concatenate([np.linspace(-8.0, 8.0, 4001), [-30.0, -16.0, 16.0, 30.0]])
+
+UNARY = {
+    Op.TANH: np.tanh,
+    Op.LOGISTIC: lambda v: 0.5 * (1.0 + np.tanh(0.5 * v)),  # 1 / (1 + exp(-v)) without overflow
+    Op.EXP: np.exp,
+    Op.NEG: np.negative,
+    Op.ABS: np.abs,
+    Op.SQUARE: np.square,
+    Op.RELU: lambda v: np.maximum(v, 0.0),
+    Op.RELU6: lambda v: np.clip(v, 0.0, 6.0),
+    Op.RELU_N1_TO_1: lambda v: np.clip(v, -1.0, 1.0),
+    Op.RELU_0_TO_1: lambda v: np.clip(v, 0.0, 1.0),
+}
+BINARY = {
+    Op.MUL: np.multiply,
+    Op.ADD: np.add,
+    Op.SUB: np.subtract,
+    Op.DIV: np.divide,
+    Op.MAXIMUM: np.maximum,
+    Op.MINIMUM: np.minimum,
+    Op.POW: np.power,
+    Op.SQUARED_DIFFERENCE: lambda a, b: np.square(a - b),
+}
+EVALUABLE = frozenset(UNARY) | frozenset(BINARY)
+
+
+def evaluate(ops: list[Operator], x: Tensor, xs: np.ndarray, constant) -> np.ndarray:
+    """The last op's output when ``x`` takes the values ``xs``. ``ops`` are in
+    graph order; every input is ``x``, an earlier op's output, or a constant
+    (``constant(t)`` gives its float64 value, broadcast like the op does)."""
+    values = {x: xs}
+    with np.errstate(all="ignore"):
+        for op in ops:
+            args = [values[t] if t in values else constant(t) for t in op.inputs]
+            v = UNARY[op.code](*args) if op.code in UNARY else BINARY[op.code](*args)
+            act = fused_activation(op)
+            if act not in (None, Act.NONE):
+                lo, hi = ACTIVATION_RANGE[act]
+                v = np.clip(v, lo, hi)
+            values[op.outputs[0]] = v
+    return values[ops[-1].outputs[0]]
+
+
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def gelu(v: np.ndarray, approximate: bool) -> np.ndarray:
+    """GELU as TFLite's kernel defines it: ``x * Phi(x)`` (erf), or its tanh form."""
+    if approximate:
+        return 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3)))
+    return 0.5 * v * (1.0 + _ERF(v / math.sqrt(2.0)))
+
+
+def same_function(got: np.ndarray, want: np.ndarray, rtol: float = 1e-5) -> bool:
+    """Equal on every probe point, to ``rtol`` of ``max(1, |want|)`` (float32
+    constants such as 0.7978846 stand for sqrt(2/pi))."""
+    return bool(np.all(np.isfinite(got)) and np.all(np.abs(got - want) <= rtol * np.maximum(1.0, np.abs(want))))

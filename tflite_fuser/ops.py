@@ -75,11 +75,12 @@ TRAITS: dict[int, Traits] = {
     # Versions as ``op_version.cc`` and TF 2.21's converter write them: a
     # grouped CONV_2D is version 6, a dilated DEPTHWISE_CONV_2D 2 and a
     # per-channel int8 one 3, a TRANSPOSE_CONV reads a bias from version 3 and
-    # its fused activation from version 4.
+    # its fused activation from version 4, a FULLY_CONNECTED keeps its input's
+    # dimensions from version 5.
     Op.CONV_2D: Traits(CONV, 0, 1, 2, _FUSABLE, quantized=_CONV_QUANT, versions={"groups": 6}),
     Op.DEPTHWISE_CONV_2D: Traits(DEPTHWISE, 0, 1, 2, _FUSABLE, quantized=_CONV_QUANT,
                                  versions={"dilation": 2, "int8": 3}),
-    Op.FULLY_CONNECTED: Traits(FC, 0, 1, 2, _FUSABLE, quantized=_CONV_QUANT),
+    Op.FULLY_CONNECTED: Traits(FC, 0, 1, 2, _FUSABLE, quantized=_CONV_QUANT, versions={"keep_num_dims": 5}),
     Op.TRANSPOSE_CONV: Traits(TRANSPOSE_CONV, 2, 1, 3, _FUSABLE, quantized=_CONV_QUANT,
                               versions={"bias": 3, "activation": 4}),
     Op.MUL: Traits(ELEMENTWISE, activations=_FUSABLE, affine="MUL", quantized=QUANTIZED_TYPES),

@@ -201,30 +201,55 @@ class _Pair:
         self.sides: list | None = None
 
     def load(self, cfg: _Config) -> None:
+        """Both interpreters. Tensors are allocated at the first run, for the
+        shapes the original really computed: a converter may declare a shape
+        it never computes (onnx2tf writes [1, 1, 1] behind a RESHAPE whose
+        shape is computed), and a region cut there allocates only so."""
         self.sides = []
         for label, model in (("the original ops", self.before), ("the rewritten ops", self.after)):
             try:
                 interp = _interpreter(model, cfg.kernels, cfg.num_threads)
-                interp.allocate_tensors()
             except (ValueError, RuntimeError) as e:
                 raise_if_out_of_memory(e)
                 self.sides = None
                 raise _BatchFailed(f"{label} do not load alone: {_first_line(e)}") from None
             self.sides.append((interp, {d["name"]: d for d in interp.get_input_details()},
                                {d["name"]: d["index"] for d in interp.get_output_details()}))
+        self.shapes: dict[str, tuple] | None = None
+
+    def _allocate(self, feeds: dict[str, np.ndarray]) -> None:
+        """(Re)allocate both sides when the inputs' shapes are new."""
+        shapes = {name: v.shape for name, v in feeds.items()}
+        if shapes == self.shapes:
+            return
+        for (interp, ins, _), label in zip(self.sides, ("the original ops", "the rewritten ops")):
+            try:
+                for name, shape in shapes.items():
+                    if list(shape) != list(ins[name]["shape"]) or self.shapes is not None:
+                        interp.resize_tensor_input(ins[name]["index"], list(shape), strict=False)
+                interp.allocate_tensors()
+            except (ValueError, RuntimeError) as e:
+                raise_if_out_of_memory(e)
+                raise _BatchFailed(f"{label} do not load alone: {_first_line(e)}") from None
+        self.shapes = shapes
 
     def run(self, seen: dict, run: int, cfg: _Config, random_inputs: set):
         """Feed both sides one input set; yield (region, output, a, b)."""
+        feeds: dict[str, np.ndarray] = {}
         for m in self.metas:
             rng = np.random.default_rng([cfg.seed, run, m["index"]])  # the same values for every pair it is in
             for name, src in m["inputs"]:
                 d = self.sides[0][1][name]
                 v = seen.get((m["subgraph"], src))
-                if v is None or list(v.shape) != list(d["shape"]) or v.dtype != d["dtype"]:
+                if v is None or v.dtype != d["dtype"] or (list(v.shape) != list(d["shape"])
+                                                           and len(v.shape) != len(d["shape"])):
                     random_inputs.add(m["index"])
                     v = random_value(list(d["shape"]), d["dtype"], rng, cfg.input_range)
-                for interp, ins, _ in self.sides:
-                    interp.set_tensor(ins[name]["index"], v)
+                feeds[name] = v
+        self._allocate(feeds)
+        for interp, ins, _ in self.sides:
+            for name, v in feeds.items():
+                interp.set_tensor(ins[name]["index"], v)
         for (interp, _, _), label in zip(self.sides, ("the original ops", "the rewritten ops")):
             try:
                 interp.invoke()

@@ -17,6 +17,8 @@ module is an import error, not a pass that silently never runs.
 from __future__ import annotations
 
 from .base import FusionPass, Match, PassContext, Skip
+from .collapse_layout_chain import CollapseLayoutChain
+from .batch_matmul_to_fc import BatchMatmulToFc
 from .densify_constants import DensifyConstants
 from .dequantize_weights import DequantizeWeights
 from .drop_identities import DropIdentities
@@ -24,6 +26,7 @@ from .drop_layout_island import DropLayoutIsland
 from .drop_reshape_before_fc import DropReshapeBeforeFc
 from .fold_affine import FoldAffine
 from .fold_concat_affine import FoldConcatAffine
+from .fold_constants import FoldConstants
 from .fold_input_affine import FoldInputAffine
 from .fold_pad import FoldPadIntoConv
 from .fuse_activation import FuseActivation
@@ -52,6 +55,7 @@ PASS_CLASSES: list[type[FusionPass]] = [
     FuseHardSwish,
     FuseGelu,
     FuseDilatedConv,
+    BatchMatmulToFc,
     FoldPadIntoConv,
     FoldInputAffine,
     FoldAffine,
@@ -68,8 +72,10 @@ PASS_CLASSES: list[type[FusionPass]] = [
     DropReshapeBeforeFc,
     DropLayoutIsland,
     # Clean-up of what converters and the passes above leave: exact for every type.
+    CollapseLayoutChain,
     MergeLayoutPairs,
     DropIdentities,
+    FoldConstants,
 ]
 
 

@@ -25,6 +25,7 @@ activation beyond the RELU family.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..elementwise_eval import EVALUABLE, PROBE, evaluate, gelu, same_function
@@ -57,6 +58,8 @@ def _scalar(sg: Subgraph, t: Tensor) -> Weight | None:
 
 
 def _is_scalar_constant(sg: Subgraph, t: Tensor) -> bool:
+    if math.prod(t.shape) != 1:
+        return False  # (a look at the shape first: this is asked of every MUL in a model)
     if not (t.is_constant or (sg.producer(t) is not None and sg.producer(t).code == Op.DEQUANTIZE)):
         return False
     return _scalar(sg, t) is not None

@@ -56,6 +56,8 @@ class FuseHardSwish(FusionPass):
     def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> HardSwish | Skip | None:
         if len(op.inputs) != 2 or op.inputs[0] is op.inputs[1] or len(op.outputs) != 1:
             return None
+        if any(t is None or t.is_constant for t in op.inputs):
+            return None  # x * g(x) multiplies two computed tensors
         for i in (0, 1):
             x, g = op.inputs[i], op.inputs[1 - i]
             if not is_float32(x):

@@ -75,6 +75,10 @@ class MergeClamps(FusionPass):
     anchors = CLAMP_OPS
 
     def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> ClampForm | Skip | None:
+        users = sg.consumers(op.outputs[0]) if op.outputs and op.outputs[0] is not None else []
+        alone = not (len(users) == 1 and users[0].code in CLAMP_OPS)
+        if alone:
+            return None  # one clamp is as short as it gets (fuse-activation fuses the fusable ones)
         head = _pure_clamp(sg, op)
         if head is None:
             return None

@@ -98,7 +98,7 @@ def test_every_ideal_counterpart_is_a_listed_fixture():
 #: modules made for some routes' own problems (ShuffleNetV2: litert-torch's rank-5 shuffle on the GPU;
 #: ConvNeXt and the GELU MLP: what onnx2tf writes of transformer-style layers), as
 #: fixtures/make_fixtures.py ONLY_ROUTES lists them
-ONE_ROUTE = {"groups4", "regnetx", "shufflenetv2", "mobilenetv3", "convnext", "mlp_gelu"}
+ONE_ROUTE = {"groups4", "regnetx", "shufflenetv2", "mobilenetv3", "convnext", "mlp_gelu", "attention"}
 
 
 def test_every_module_has_each_route():

@@ -40,7 +40,8 @@ exit codes:
 
 
 def _pass_list() -> str:
-    return "\n".join(f"  {c.name:<24} {c.summary}" for c in PASS_CLASSES) or "  (none)"
+    return "\n".join(f"  {c.name:<24} {c.summary}" + ("" if c.default else " [off by default: --enable]")
+                     for c in PASS_CLASSES) or "  (none)"
 
 
 def _fuse_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,8 @@ def _fuse_parser() -> argparse.ArgumentParser:
     g.add_argument("--passes", default="all", metavar="LIST",
                    help="comma-separated passes to run, 'all' (default) or 'none' (a verified round trip)")
     g.add_argument("--disable", default="", metavar="LIST", help="comma-separated passes not to run")
+    g.add_argument("--enable", default="", metavar="LIST",
+                   help="comma-separated passes that are off by default to run too (marked so below)")
     g.add_argument("--fp16-weights", choices=FP16_MODES, default="keep",
                    help="float16 weights behind DEQUANTIZE: fold and round back to float16, same file size, "
                         "verified on the float16 grid (keep, default); fold only where float16 holds the "
@@ -252,7 +255,7 @@ def options_from(args: argparse.Namespace) -> FuseOptions:
         raise UsageError("--no-backup only makes sense with --in-place")
     passes = args.passes if args.passes in ("all", "none") else _csv(args.passes)
     return FuseOptions(
-        passes=passes, disable=_csv(args.disable), force=args.force, in_place=args.in_place,
+        passes=passes, disable=_csv(args.disable), enable=_csv(args.enable), force=args.force, in_place=args.in_place,
         backup=not args.no_backup, strict=args.strict, bench=args.bench, bench_rounds=args.bench_rounds,
         bench_threads=args.bench_threads, explorer=args.explorer,
         pass_options=PassOptions(fp16_weights=args.fp16_weights, target=args.target,

@@ -127,6 +127,8 @@ class FuseOptions:
 
     passes: Sequence[str] | str | None = "all"
     disable: Sequence[str] = ()
+    #: passes off by default to run as well
+    enable: Sequence[str] = ()
     pass_options: PassOptions = field(default_factory=PassOptions)
     verify: VerifyOptions = field(default_factory=VerifyOptions)
     #: write even when verification fails (the exit code stays 1)

@@ -109,13 +109,13 @@ def save(model: Model, dst: str | os.PathLike, external: bool | None = None) -> 
 def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable: Sequence[str] = (),
                options: PassOptions | None = None, log: Callable[[str], None] | None = None,
                progress: Callable[[str], None] | None = None, forbidden: dict | None = None,
-               allowed: frozenset | None = None) -> tuple[dict[str, int], PassContext]:
+               allowed: frozenset | None = None, enable: Sequence[str] = ()) -> tuple[dict[str, int], PassContext]:
     """Run the selected passes to a fixed point; return rewrites per pass.
 
     ``forbidden`` (``Rewrite.key`` -> why) names rewrites not to make,
     ``allowed`` the only ones to make (see :mod:`revert`)."""
     try:
-        chosen = select(passes, list(disable))
+        chosen = select(passes, list(disable), list(enable))
     except ValueError as e:
         raise UsageError(str(e)) from None
     ctx = PassContext(model, options or PassOptions(), log, forbidden=forbidden or {}, allowed=allowed)
@@ -314,7 +314,8 @@ def _attempt(model: Model, buf, original, dst_path: Path | None, opts: FuseOptio
              allowed: frozenset | None, prove_regions: bool, log, progress, say) -> _Attempt:
     """Passes, regions, write, proofs: one attempt (see :mod:`revert`)."""
     t0 = time.perf_counter()
-    counts, ctx = run_passes(model, opts.passes, opts.disable, opts.pass_options, log, progress, forbidden, allowed)
+    counts, ctx = run_passes(model, opts.passes, opts.disable, opts.pass_options, log, progress, forbidden, allowed,
+                             opts.enable)
     t_passes = time.perf_counter()
     check, notes = _verification_for(opts.verify, target)
     if ctx.fp16_rerounded:

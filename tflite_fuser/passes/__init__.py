@@ -39,6 +39,7 @@ from .lower_transpose_rank import LowerTransposeRank
 from .merge_clamps import MergeClamps
 from .merge_layout_pairs import MergeLayoutPairs
 from .merge_parallel_convs import MergeParallelConvs
+from .merge_sibling_fcs import MergeSiblingFcs
 from .narrow_block_diagonal import NarrowBlockDiagonalConv
 from .stride_before_pointwise import StrideBeforePointwise
 from .strided_slice_to_slice import StridedSliceToSlice
@@ -62,6 +63,8 @@ PASS_CLASSES: list[type[FusionPass]] = [
     MergeClamps,
     FuseActivation,
     MergeParallelConvs,
+    # Off by default (no gain measured on the CPU kernel sets): --enable merge-sibling-fcs.
+    MergeSiblingFcs,
     FuseSplitConv,
     FoldConcatAffine,
     NarrowBlockDiagonalConv,
@@ -83,20 +86,22 @@ def pass_names() -> list[str]:
     return [c.name for c in PASS_CLASSES]
 
 
-def select(passes: list[str] | str | None = None, disable: list[str] | None = None) -> list[FusionPass]:
-    """Pass instances for ``passes`` ("all", "none", or names) minus ``disable``,
+def select(passes: list[str] | str | None = None, disable: list[str] | None = None,
+           enable: list[str] | None = None) -> list[FusionPass]:
+    """Pass instances for ``passes`` ("all": every pass on by default, "none",
+    or names) plus ``enable`` (passes off by default) minus ``disable``,
     always in the canonical order. Unknown names raise ``ValueError``."""
     known = pass_names()
     if passes is None or passes == "all" or passes == ["all"]:
-        wanted = list(known)
+        wanted = [c.name for c in PASS_CLASSES if c.default]
     elif passes == "none" or passes == ["none"]:
         wanted = []
     else:
         wanted = list(passes) if not isinstance(passes, str) else passes.split(",")
-    unknown = [p for p in wanted + list(disable or []) if p not in known]
+    unknown = [p for p in wanted + list(disable or []) + list(enable or []) if p not in known]
     if unknown:
         raise ValueError(f"unknown pass {unknown[0]!r}; known passes: {', '.join(known) or '(none)'}")
-    chosen = set(wanted) - set(disable or [])
+    chosen = (set(wanted) | set(enable or [])) - set(disable or [])
     return [c() for c in PASS_CLASSES if c.name in chosen]
 
 

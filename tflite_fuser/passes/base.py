@@ -171,6 +171,9 @@ class FusionPass:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     anchors: ClassVar[tuple[int, ...]] = ()
+    #: runs with "all"; False: only when named (``--enable``), for a rewrite
+    #: that measured no faster on the CPU kernel sets here
+    default: ClassVar[bool] = True
 
     def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> Match | Skip | None:  # pragma: no cover
         raise NotImplementedError

@@ -133,6 +133,10 @@ def _fuse_parser() -> argparse.ArgumentParser:
                         "--no-backup; when nothing is fused, IN is left untouched")
     o.add_argument("--no-backup", action="store_true", help="with --in-place: keep no backup")
     o.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    o.add_argument("--nhwc-io", action="store_true",
+                   help="make the NCHW inputs and outputs a PyTorch converter kept with boundary TRANSPOSEs (every "
+                        "litert-torch vision model) NHWC: the model's interface changes (callers feed NHWC), so it is "
+                        "off by default; proved by feeding transposed inputs and comparing transposed outputs")
     o.add_argument("--explorer", metavar="DIR",
                    help="write Model Explorer node-data files for the input and the fused model into DIR: each "
                         "op a rewrite removed or made, coloured by its pass (view with: model-explorer IN "
@@ -257,7 +261,7 @@ def options_from(args: argparse.Namespace) -> FuseOptions:
     return FuseOptions(
         passes=passes, disable=_csv(args.disable), enable=_csv(args.enable), force=args.force, in_place=args.in_place,
         backup=not args.no_backup, strict=args.strict, bench=args.bench, bench_rounds=args.bench_rounds,
-        bench_threads=args.bench_threads, explorer=args.explorer,
+        bench_threads=args.bench_threads, explorer=args.explorer, nhwc_io=args.nhwc_io,
         pass_options=PassOptions(fp16_weights=args.fp16_weights, target=args.target,
                                  grouped_conv=not args.no_grouped_conv),
         verify=VerifyOptions(enabled=not args.no_verify, atol=args.atol, rtol=args.rtol, range_atol=args.range_atol,

@@ -95,6 +95,9 @@ class VerifyOptions:
     #: prove every rewrite alone too (regions.py), and revert the ones that
     #: fail; False: the whole-model proof alone decides
     regions: bool = True
+    #: the candidate's interface is the original's transposed (``--nhwc-io``;
+    #: set by the pipeline for that proof): {"input"/"output": {name: perm}}
+    io_perms: Mapping[str, Any] | None = None
 
     #: fields that say how to run the proof, not how to compare
     _RUN_FIELDS = ("enabled", "isolate", "timeout", "memory_limit", "regions")
@@ -148,6 +151,8 @@ class FuseOptions:
     bench_threads: int = 1
     #: a directory for Model Explorer node-data files of what the run changed (explorer.py)
     explorer: str | None = None
+    #: make the NCHW inputs and outputs a PyTorch converter left NHWC (io_layout.py): changes the interface
+    nhwc_io: bool = False
 
     #: the library's keyword names that are not field names of these classes
     ALIASES = {"verify_output": ("verify", "enabled"), "verify_timeout": ("verify", "timeout")}

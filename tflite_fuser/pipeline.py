@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__, explorer, proof, regions
+from . import __version__, explorer, io_layout, proof, regions
 from .atomic import check_destination, commit, discard, free_backup_name, write_temp
 from .errors import UsageError
 from .graph import Model
@@ -165,6 +165,9 @@ def fuse(src: Source, dst: str | os.PathLike | None = None, *, options: FuseOpti
     is_path = not isinstance(src, (bytes, bytearray, memoryview))
     dst_path = check_destination(src if is_path else None, dst, opts.in_place) if dst is not None else None
 
+    if opts.nhwc_io and (opts.verify.kernels or opts.pass_options.resolved.verify_on) in ("gpu", "micro"):
+        raise UsageError("--nhwc-io is proved on LiteRT's CPU kernels; it is not available with the gpu or micro "
+                         "target (or --verify-on gpu/micro)")
     if opts.explorer:  # before any work: a directory we cannot write is the user's to fix
         try:
             Path(opts.explorer).mkdir(parents=True, exist_ok=True)
@@ -262,8 +265,9 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
             check_memory(need, limit, run.verification.whole_model)
         if run.verification is not None and not run.verification.ok and not opts.strict and opts.verify.regions:
             run, reverted = recover(run, attempt, say)
+        ok = run.verification is None or run.verification.ok
+        interface = _nhwc_io(run, dst_path, opts, say) if opts.nhwc_io and ok else None
         verification, tmp = run.verification, run.tmp
-        ok = verification is None or verification.ok
         bench = None
         if opts.bench and ok and not run.nothing_to_fuse:
             say("benchmarking")
@@ -299,6 +303,7 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
         "reverted": [r.to_dict() for r in reverted],
         "bench": bench,
         "explorer": explorer_files,
+        "interface": interface,
         "notes": notes,
         "nothing_to_fuse": run.nothing_to_fuse,
         "written": written is not None,
@@ -308,6 +313,35 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
         "seconds": {"read": t_read - t0, **spent, "total": time.perf_counter() - t0},
     }
     return FuseResult(model=model, report=report, verification=verification, written=written, _chunks=run.chunks)
+
+
+def _nhwc_io(run: _Attempt, dst_path: Path | None, opts: FuseOptions, say) -> dict:
+    """``--nhwc-io`` on the proved, fused model (io_layout.py), proved in its
+    turn: the model before and after the change, fed the same inputs
+    transposed, must give the same outputs transposed. When that fails the
+    interface stays NCHW and the report says why."""
+    before = run.chunks.tobytes()
+    model = parse(memoryview(before), "the fused model")
+    changes = io_layout.to_nhwc_io(model)
+    out: dict = {"changes": [c.to_dict() for c in changes], "applied": False, "verification": None}
+    if not changes:
+        return out
+    say("writing the NHWC interface")
+    chunks = serialize(model, opts.external_buffers)
+    if run.check.enabled:
+        perms = {side: {c.name: c.perm for c in changes if c.side == side} for side in ("input", "output")}
+        proof = _verify(before, chunks.tobytes(), dataclasses.replace(run.check, io_perms=perms), None, {}, say)
+        out["verification"] = {"ok": proof.ok, "max_abs_error": proof.max_abs_error, "kernels": proof.kernels,
+                               "message": proof.message}
+        if not proof.ok:
+            return out
+        if run.verification is None:  # nothing else was rewritten: this is the model's proof
+            run.verification = proof
+    tmp = write_temp(dst_path, chunks) if dst_path is not None else None
+    run.discard()
+    run.tmp, run.chunks, run.model, run.nothing_to_fuse = tmp, chunks, model, False
+    out["applied"] = True
+    return out
 
 
 def _attempt(model: Model, buf, original, dst_path: Path | None, opts: FuseOptions, target: Target, forbidden: dict,

@@ -76,6 +76,7 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
     lines.extend(reverted_lines(report.get("reverted", [])))
     lines.extend(bench_lines(report.get("bench")))
     lines.extend(explorer_lines(report.get("explorer")))
+    lines.extend(interface_lines(report.get("interface")))
     if report["written"]:
         copy = " (a byte-for-byte copy of the input)" if report["nothing_to_fuse"] else ""
         lines.append(f"  wrote {b['path']}{copy}" + (f" (backup {report['backup']})" if report.get("backup") else ""))
@@ -208,6 +209,19 @@ def reverted_lines(reverted: list[dict[str, Any]]) -> list[str]:
     lines = [f"  reverted {len(reverted)} rewrite(s) whose proof failed (the rest are kept):"]
     lines.extend(f"    {r['pass']}: {_where(r)}{r['what']}: {r['error']}" for r in reverted)
     return lines
+
+
+def interface_lines(interface: dict | None) -> list[str]:
+    if interface is None:
+        return []
+    changes = interface["changes"]
+    if not changes:
+        return ["  interface: no NCHW input or output behind a boundary TRANSPOSE; left as it was"]
+    what = ", ".join(f"{c['side']} {c['name']!r} {c['shape_before']} -> {c['shape_after']}" for c in changes)
+    v = interface.get("verification")
+    proof = "" if v is None else (f"; proved with transposed inputs (max |a-b| {v['max_abs_error']:.3g})" if v["ok"]
+                                  else f"; NOT applied: its proof failed ({v['message']})")
+    return [f"  interface (--nhwc-io): {'now NHWC' if interface['applied'] else 'kept'}: {what}{proof}"]
 
 
 def explorer_lines(files: dict | None) -> list[str]:

@@ -282,7 +282,7 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
            runs: int = DEFAULT_RUNS, seed: int = 0, inputs: Mapping[str, np.ndarray] | None = None,
            input_range=DEFAULT_INPUT_RANGE, input_shapes=None, quant_steps: int = 1, range_atol: bool = False,
            kernels: str | None = None, xnnpack: bool = False, num_threads: int | None = None,
-           progress: Callable[[str], None] | None = None) -> Verification:
+           progress: Callable[[str], None] | None = None, io_perms: Mapping | None = None) -> Verification:
     """Compare ``candidate`` against ``original`` (paths or bytes).
 
     ``kernels`` (or ``xnnpack``) names the kernels asked for, built-in by
@@ -291,11 +291,14 @@ def verify(original, candidate, *, atol: float = DEFAULT_ATOL, rtol: float = DEF
     instance), the other is tried, and the result says which ran and why;
     only when neither runs the original is the input reported as
     unverifiable. ``kernels="micro"`` proves the model on TFLite Micro (see
-    :func:`_verify_micro`).
+    :func:`_verify_micro`). ``io_perms`` (``{"input": {name: perm}, "output":
+    {name: perm}}``) says which of the candidate's inputs and outputs are the
+    original's transposed by ``perm`` (``--nhwc-io``): its inputs are fed so,
+    and its outputs transposed back before they are compared.
     """
     check = dict(atol=atol, rtol=rtol, runs=runs, seed=seed, inputs=inputs, input_range=input_range,
                  input_shapes=input_shapes, quant_steps=quant_steps, range_atol=range_atol,
-                 num_threads=num_threads, progress=progress)
+                 num_threads=num_threads, progress=progress, io_perms=io_perms)
     kernels = kernels or ("xnnpack" if xnnpack else "builtin")
     if kernels == "gpu":  # the CPU part of a GPU proof: proof.prove adds the GPU's (gpu_proof.py)
         kernels = "xnnpack"
@@ -442,7 +445,7 @@ def _verify_with(kernels: str, original, candidate, *, num_threads, progress, **
 
 def _verify_runnables(ref_r, new_r, result: Verification, *, atol, rtol, runs, seed, inputs, input_range,
                       input_shapes, quant_steps, range_atol, progress, by_position: bool = False,
-                      num_threads=None) -> Verification:
+                      num_threads=None, io_perms: Mapping | None = None) -> Verification:
     """Run both sides on the same inputs and compare every output (by name,
     or by position across runtimes whose outputs are named differently)."""
     start = time.perf_counter()
@@ -461,6 +464,9 @@ def _verify_runnables(ref_r, new_r, result: Verification, *, atol, rtol, runs, s
             except (ValueError, RuntimeError) as e:
                 raise_if_out_of_memory(e)
                 raise _OriginalDoesNotRun(f"it fails to run: {_first_line(e)}") from None
+            if io_perms:  # the candidate's NHWC interface: the same values, transposed
+                feeds = {n: np.ascontiguousarray(np.transpose(v, io_perms["input"][n])) if n in io_perms["input"]
+                         else v for n, v in feeds.items()}
             say(STAGE_RUN_CANDIDATE)
             try:
                 b = new.run(feeds if not by_position else dict(zip(new.input_specs(), feeds.values())))
@@ -469,6 +475,9 @@ def _verify_runnables(ref_r, new_r, result: Verification, *, atol, rtol, runs, s
                 result.ok = False
                 result.message = f"the rewritten model fails to run: {_first_line(e)}"
                 return result
+            if io_perms:
+                b = {n: np.transpose(v, np.argsort(io_perms["output"][n])) if n in io_perms["output"] else v
+                     for n, v in b.items()}
             if list(a) != list(b) and sig and not by_position:
                 result.ok = False
                 result.message = f"signature {sig!r} outputs differ: {sorted(a)} vs {sorted(b)}"

@@ -20,7 +20,9 @@ Shapes are computed from ``x``'s static shape and the constant permutations
 and target shapes, not read from the intermediate tensors: onnx2tf declares
 ``[1, 1, 1]`` for tensors behind a RESHAPE whose target it computes at run
 time (after fold-constants the target is constant, the declaration still
-wrong), and the runtime, like this pass, computes them.
+wrong), and the runtime, like this pass, computes them. The last tensor keeps
+its declaration as the converter wrote it (the ops that read it are
+untouched, and so is everything they read).
 
 Preconditions: ``x`` static (no dynamic dimension); each permutation and
 target shape constant; each intermediate read by the next op alone and no
@@ -112,9 +114,6 @@ class CollapseLayoutChain(FusionPass):
     def apply(self, ctx: PassContext, sg: Subgraph, m: OrderKept) -> str:
         z = m.chain[-1].outputs[0]
         what = " -> ".join(op.type_name for op in m.chain)
-        z.shape = list(m.shape)
-        if z.shape_signature is not None:
-            z.shape_signature = list(m.shape)
         if m.shape == list(m.x.shape) and not ctx.model.is_observed(sg, z) and not z.is_variable:
             for op in m.chain[:-1]:
                 sg.remove_operator(op)

@@ -46,7 +46,11 @@ def render(report: dict[str, Any], verbose: bool = False) -> str:
     lines.append(f"  {'tensors':<{width}} {a['tensors']:>7} {b['tensors']:>7}")
     lines.append(f"  {'size':<{width}} {_size(a['bytes']):>7} {_size(b['bytes']):>7}")
     if report["passes"]:
-        lines.append("  passes: " + ", ".join(f"{p['name']} {p['rewrites']}" for p in report["passes"]))
+        made = [f"{p['name']} {p['rewrites']}" for p in report["passes"] if p["rewrites"]]
+        idle = len(report["passes"]) - len(made)
+        lines.append("  passes: " + ", ".join(made or ["nothing rewritten"])
+                     + (f" ({idle} other{'s' if idle != 1 else ''} found nothing)" if idle and made
+                        else f" ({idle} ran)" if idle else ""))
     else:
         lines.append("  passes: none (verified round trip)")
     if verbose and report["rewrites"]:

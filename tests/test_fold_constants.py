@@ -86,3 +86,23 @@ def test_onnx2tfs_computed_reshape_target_disappears():
     r = fuse_and_check((FIXTURES / "onnx2tf/mlp_gelu.tflite").read_bytes(), runs=1)
     for op in ("SHAPE", "EQUAL", "SELECT", "CONCATENATION", "SLICE"):
         assert op not in op_counts(r)
+
+
+def test_the_square_root_of_a_constant_head_dimension_folds_as_ieee_rounds_it(rng):
+    """onnx2tf's attention scaling DIV(x, SQRT(8)): the GPU delegate refuses
+    a SQRT of a constant; folded, the DIV reads a constant."""
+    b = ModelBuilder()
+    x = b.input("x", [1, 4, 8])
+    (root,) = b.op(Op.SQRT, [np.array([8.0], np.float32)], [[1]])
+    b.output(b.div(x, root))
+    data = b.to_bytes()
+    r = fuse_and_check(data, passes=[PASS])
+    assert op_counts(r) == {"DIV": 1}
+    v = rng.standard_normal((1, 4, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run_tflite(r.model_bytes, v, "builtin"), run_tflite(data, v, "builtin"))
+
+
+def test_onnx2tfs_attention_loses_its_constant_square_root():
+    """(What moves the block onto the GPU: benchmarks.gpu_corpus, no compile -> all on the GPU.)"""
+    r = fuse_and_check((FIXTURES / "onnx2tf/attention.tflite").read_bytes(), runs=1)
+    assert r.report["input"]["op_counts"]["SQRT"] == 1 and "SQRT" not in op_counts(r)

@@ -14,8 +14,13 @@ Each op is computed in numpy the way its TFLite kernel computes it, for the
 ops and types where that is exact: data movement of any type (SLICE,
 CONCATENATION, RESHAPE, TRANSPOSE, SQUEEZE, EXPAND_DIMS, GATHER, PACK),
 comparisons, SELECT, integer ADD/SUB/MUL (wrapping as int32 does), and
-float32 ADD/SUB/MUL/DIV/MAXIMUM/MINIMUM (one IEEE rounding, as in the
-kernel). A float16 DEQUANTIZE of weights is not folded: it costs nothing at
+float32 ADD/SUB/MUL/DIV/MAXIMUM/MINIMUM, SQRT, RSQRT (as the kernel's
+``1 / sqrt``), SQUARE, NEG, ABS (each one IEEE rounding, as in the kernel;
+EXP, LOG, TANH are not folded: libraries round them differently). onnx2tf
+scales attention scores by ``DIV(x, SQRT(head_dim))`` with a constant head
+dimension: LiteRT's GPU delegate refuses a SQRT of a constant ("Expected 0
+const input tensor(s)"), so the fold moves the whole attention block onto
+the GPU. A float16 DEQUANTIZE of weights is not folded: it costs nothing at
 run time and keeps the file half the size. A result more than 16 KiB larger
 than the constants it replaces (a broadcast of a scalar, say) is not folded:
 the file would grow for little.
@@ -84,6 +89,12 @@ _EVAL = {
     Op.DIV: (lambda op, a, b: a / b, _FLOAT),
     Op.MAXIMUM: (lambda op, a, b: np.maximum(a, b), _FLOAT | _INT),
     Op.MINIMUM: (lambda op, a, b: np.minimum(a, b), _FLOAT | _INT),
+    # IEEE rounds a square root correctly, as it does + - * /: numpy's is the kernel's
+    Op.SQRT: (lambda op, a: np.sqrt(a), _FLOAT),
+    Op.RSQRT: (lambda op, a: np.float32(1) / np.sqrt(a), _FLOAT),
+    Op.SQUARE: (lambda op, a: a * a, _FLOAT | _INT),
+    Op.NEG: (lambda op, a: -a, _FLOAT | _INT),
+    Op.ABS: (lambda op, a: np.abs(a), _FLOAT | _INT),
 }
 
 

@@ -61,3 +61,35 @@ def identity_filter(scale: np.ndarray, kernel: tuple[int, int], offset: tuple[in
 def scale_out(w: np.ndarray, scale: np.ndarray, depthwise: bool) -> np.ndarray:
     """``w`` with output channel ``c`` multiplied by ``scale[c]``."""
     return w * (scale.reshape(1, 1, 1, -1) if depthwise else scale.reshape(-1, 1, 1, 1))
+
+
+# ------------------------------------------------------ sequential composition
+
+
+def compose_after_pointwise(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """``conv2(conv1x1(x))`` as one conv, ``w1`` ``[M, 1, 1, Cin]`` then
+    ``w2`` ``[Cout, kh, kw, M]``: each tap of ``w2`` reads ``w1``'s mixture of
+    the input channels, so ``W[o, h, w, i] = sum_m w2[o, h, w, m] w1[m, i]``,
+    and ``b1`` reaches the output through every tap: ``b2 + sum w2 . b1``.
+    That bias term is exact only where every tap lands inside the input (a
+    VALID ``conv2``), or when ``b1`` is zero (a SAME ``conv2`` pads ``conv1``'s
+    output with zeros, not with ``b1``): the caller checks."""
+    w = np.einsum("ohwm,mi->ohwi", np.asarray(w2, np.float64), np.asarray(w1, np.float64)[:, 0, 0, :])
+    b = np.asarray(b2, np.float64) + np.einsum("ohwm,m->o", np.asarray(w2, np.float64), np.asarray(b1, np.float64))
+    return w, b
+
+
+def compose_pointwise_after(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """``conv1x1(conv1(x))`` as one conv, ``w1`` ``[M, kh, kw, Cin]`` then
+    ``w2`` ``[Cout, 1, 1, M]``: a 1x1 mixes the output channels of each
+    pixel, padding and stride included, so it is exact everywhere:
+    ``W[o] = sum_m w2[o, m] w1[m]``, ``b = w2 . b1 + b2``."""
+    m2 = np.asarray(w2, np.float64)[:, 0, 0, :]
+    return np.einsum("om,mhwi->ohwi", m2, np.asarray(w1, np.float64)), m2 @ np.asarray(b1, np.float64) + b2
+
+
+def macs_per_pixel(kernel: tuple[int, int], cin: int, cout: int) -> int:
+    """Multiply-adds of one output pixel of a dense conv."""
+    return kernel[0] * kernel[1] * cin * cout

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .base import FusionPass, Match, PassContext, Skip
 from .collapse_layout_chain import CollapseLayoutChain
+from .compose_linear_convs import ComposeLinearConvs
 from .batch_matmul_to_fc import BatchMatmulToFc
 from .densify_constants import DensifyConstants
 from .dequantize_weights import DequantizeWeights
@@ -63,6 +64,7 @@ PASS_CLASSES: list[type[FusionPass]] = [
     MergeClamps,
     FuseActivation,
     MergeParallelConvs,
+    ComposeLinearConvs,
     # Off by default (no gain measured on the CPU kernel sets): --enable merge-sibling-fcs.
     MergeSiblingFcs,
     FuseSplitConv,

@@ -25,8 +25,9 @@ activation beyond the RELU family.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..elementwise_eval import EVALUABLE, PROBE, evaluate, gelu, same_function
 from ..graph import Operator, Subgraph, Tensor
@@ -37,7 +38,7 @@ from ..targets import GELU
 from .base import FusionPass, Match, PassContext, Skip
 from .predicates import is_float32
 from .rebuild import drop_dead_dequantize
-from .weights import Weight, float_weight_of
+from .weights import scalar_of
 
 #: the fewest ops a written-out GELU takes (x * Phi(x) needs a product, a
 #: transcendental, a shift and a scale), and the most a group is grown to
@@ -52,17 +53,8 @@ class WrittenGelu(Match):
     approximate: bool
 
 
-def _scalar(sg: Subgraph, t: Tensor) -> Weight | None:
-    w = float_weight_of(sg, t)
-    return w if isinstance(w, Weight) and w.raw.size == 1 else None
-
-
 def _is_scalar_constant(sg: Subgraph, t: Tensor) -> bool:
-    if math.prod(t.shape) != 1:
-        return False  # (a look at the shape first: this is asked of every MUL in a model)
-    if not (t.is_constant or (sg.producer(t) is not None and sg.producer(t).code == Op.DEQUANTIZE)):
-        return False
-    return _scalar(sg, t) is not None
+    return scalar_of(sg, t) is not None
 
 
 def _joinable(sg: Subgraph, op: Operator | None) -> bool:
@@ -148,7 +140,7 @@ class FuseGelu(FusionPass):
             ops = _computed_from(sg, group, x, last)
             if ops is None or len(ops) < _MIN_OPS:
                 continue
-            got = evaluate(ops, x, PROBE, lambda t: _scalar(sg, t).float64().reshape(()))
+            got = evaluate(ops, x, PROBE, lambda t: np.float64(scalar_of(sg, t)))
             for approximate in (True, False):
                 if not same_function(got, gelu(PROBE, approximate)):
                     continue

@@ -21,7 +21,7 @@ from ..graph import Model, Operator, Subgraph, Tensor
 from ..ops import ACTIVATION_RANGE, INF, fused_activation, traits
 from ..schema import ActivationFunctionType as Act
 from .predicates import is_float32, why_not_removable
-from .weights import Weight, float_weight_of
+from .weights import scalar_of
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,6 @@ class Step:
         return f
 
 
-def _scalar(sg: Subgraph, t: Tensor | None) -> float | None:
-    w = float_weight_of(sg, t)
-    if not isinstance(w, Weight) or w.raw.size != 1:
-        return None
-    return float(w.float64().reshape(-1)[0])
-
-
 def step_of(sg: Subgraph, op: Operator) -> Step | None:
     """``op`` as a step of a scalar chain, or None when it is not one (a
     tensor operand, a constant that is not one float32 scalar, a broadcast, a
@@ -62,7 +55,7 @@ def step_of(sg: Subgraph, op: Operator) -> Step | None:
     if len(op.inputs) != 2 or (t.affine is None and t.clamp_side is None):
         return None
     for i in (0, 1):
-        c = _scalar(sg, op.inputs[1 - i])
+        c = scalar_of(sg, op.inputs[1 - i])
         x = op.inputs[i]
         if c is None or not is_float32(x) or list(x.shape) != list(op.outputs[0].shape):
             continue

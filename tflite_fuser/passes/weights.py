@@ -15,6 +15,7 @@ rewrite does not touch, and is pruned when nothing reads it any more.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +94,16 @@ def float_weight_of(sg: Subgraph, t: Tensor | None) -> Weight | str:
     if w.dequantize is None and w.stored.dtype != TensorType.FLOAT32:
         return f"constant {t.name!r} is not float32"
     return w
+
+
+def scalar_of(sg: Subgraph, t: Tensor | None) -> float | None:
+    """The value of ``t`` when it is a float constant of one element (float32,
+    or float16 behind DEQUANTIZE), else None. Asked of every operand of every
+    elementwise op by the activation passes: the shape is looked at first."""
+    if t is None or math.prod(t.shape) != 1:
+        return None
+    w = float_weight_of(sg, t)
+    return float(w.float64().reshape(-1)[0]) if isinstance(w, Weight) and w.raw.size == 1 else None
 
 
 def is_constant_operand(sg: Subgraph, t: Tensor | None) -> bool:

@@ -44,7 +44,7 @@ from ..schema import Padding
 from .base import FusionPass, Match, PassContext, Skip
 from .predicates import float_weights, is_float32, why_not_removable
 from .rebuild import clone_op, drop_dead_dequantize, opcode_for
-from .weights import WeightStore
+from .weights import Weight, WeightStore
 
 
 @dataclass
@@ -56,6 +56,9 @@ class LinearPair(Match):
     store: WeightStore
     weights: np.ndarray
     bias: np.ndarray
+    #: the stored weights the new ones are stored like (float32, or float16 behind DEQUANTIZE)
+    filter_like: Weight
+    bias_like: Weight | None
 
 
 def _pointwise(op: Operator) -> bool:
@@ -112,18 +115,17 @@ class ComposeLinearConvs(FusionPass):
             return Skip(f"two linear convs, but one conv would cost {one:,} multiply-adds per pixel against "
                         f"{pair:,} for the pair", second)
         store = WeightStore(ctx.model, sg, ctx, [first, second])
+        bias_like = b2 or b1
         try:
-            w_arr, b_arr = store.round(w, w1, "filter"), store.round(b, b1 or b2, "bias")
+            w_arr, b_arr = store.round(w, w1, "filter"), store.round(b, bias_like, "bias")
         except FoldError as e:
             return Skip(str(e), second)
-        return LinearPair(first, second, shape_of, store, w_arr, b_arr)
+        return LinearPair(first, second, shape_of, store, w_arr, b_arr, w1, bias_like)
 
     def apply(self, ctx: PassContext, sg: Subgraph, m: LinearPair) -> str:
         z = m.second.outputs[0]
-        w1, _ = float_weights(sg, m.first)
-        b_like = float_weights(sg, m.second)[1] or float_weights(sg, m.first)[1]
-        filt = m.store.add(m.weights, w1, f"{z.name}/filter")
-        bias = m.store.add(m.bias, b_like, f"{z.name}/bias")
+        filt = m.store.add(m.weights, m.filter_like, f"{z.name}/filter")
+        bias = m.store.add(m.bias, m.bias_like, f"{z.name}/bias")
         act = fused_activation(m.second)
         new = clone_op(m.shape_of, inputs=[slot(m.first, "data"), filt, bias], outputs=[z],
                        opcode=opcode_for(ctx.model, m.shape_of, bias=True), fusedActivationFunction=act)

@@ -70,7 +70,9 @@ def test_an_island_that_cannot_move_is_left_with_the_reason(inside, why):
 
 
 def test_onnx2tfs_mobilenetv3_loses_every_transpose_and_reshape():
-    r = fuse_and_check((FIXTURES / "onnx2tf" / "mobilenetv3.tflite").read_bytes(), runs=1)
+    # (compose-linear-convs merges one linear projection more: 66; the islands' count is 67)
+    r = fuse_and_check((FIXTURES / "onnx2tf" / "mobilenetv3.tflite").read_bytes(), runs=1,
+                       disable=["compose-linear-convs"])
     counts = op_counts(r)
     assert "TRANSPOSE" not in counts and "RESHAPE" not in counts
     assert r.model.num_operators() == 67

@@ -156,6 +156,7 @@ class FoldConstants(FusionPass):
 
     def apply(self, ctx: PassContext, sg: Subgraph, m: Folded) -> str:
         y = m.op.outputs[0]
-        const = ctx.model.new_constant(sg, y.name, m.value, y.dtype)
+        # A name of its own: the tensor is a constant now, the readers rewritten to read it
+        const = ctx.model.new_constant(sg, f"{y.name}/folded", m.value, y.dtype)
         bypass(ctx.model, sg, m.op, const)
         return f"folded {m.op.type_name} -> {y.name!r} into a constant {list(m.value.shape)}"

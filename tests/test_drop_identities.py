@@ -9,7 +9,9 @@ import pytest
 from tflite_fuser.builder import ModelBuilder
 from tflite_fuser.graph import quantization
 from tflite_fuser.schema import BuiltinOperator as Op
-from tflite_fuser.schema import TensorType
+from tflite_fuser.schema import BuiltinOptions, TensorType, fb
+
+from tflite_fuser import fuse
 
 from conftest import fuse_and_check, op_counts
 from helpers import reasons, run_tflite
@@ -73,3 +75,14 @@ def test_an_identity_whose_output_is_a_model_output_stays_with_the_reason():
     r = fuse_and_check(_between(IDENTITIES["mul_1"], observe=True), passes=[PASS])
     assert r.report["nothing_to_fuse"]
     assert any("model output" in s for s in reasons(r, PASS))
+
+
+def test_a_reshape_whose_declared_shapes_agree_but_whose_target_differs_stays():
+    """onnx2tf declares shapes it never computes: the target decides, not the declarations."""
+    b = ModelBuilder()
+    x = b.input("x", [1, 4, 4, 8])
+    (y,) = b.op(Op.RESHAPE, [x, np.array([1, 16, 8, 1], np.int32)], [[1, 4, 4, 8]], fb.ReshapeOptionsT(),
+                BuiltinOptions.ReshapeOptions)
+    b.output(b.op(Op.TANH, [y], [[1, 4, 4, 8]])[0])
+    r = fuse(b.to_bytes(), passes=[PASS], verify_output=False)
+    assert r.report["nothing_to_fuse"]

@@ -17,7 +17,8 @@ Preconditions:
 
 - ``y`` is no model output and no variable (it would vanish from the
   interface), and its shape, type and quantization are ``x``'s, dynamic
-  dimensions included (``shape_signature``);
+  dimensions included (``shape_signature``); a RESHAPE's constant target is
+  ``x``'s shape itself (declarations alone are not trusted);
 - for MUL/DIV/ADD/SUB: float32, every element of the constant is exactly 1
   (or 0), and it broadcasts into ``x`` without growing it; an int8 MUL by 1
   still requantizes to its output's scale, so quantized ops stay.
@@ -75,7 +76,14 @@ class DropIdentities(FusionPass):
             perm = op.inputs[1].value() if len(op.inputs) == 2 and op.inputs[1] is not None else None
             return x if perm is not None and list(perm) == list(range(len(x.shape))) else None
         if op.code == Op.RESHAPE:
-            return x
+            # The target itself must be x's shape: a converter may declare
+            # shapes it never computes (onnx2tf's [1, 1, 1] behind a computed
+            # RESHAPE), so equal declarations alone prove nothing.
+            target = op.inputs[1].value() if len(op.inputs) > 1 and op.inputs[1] is not None else None
+            if target is None:
+                new_shape = getattr(op.options, "newShape", None)
+                target = None if new_shape is None or len(new_shape) == 0 else np.asarray(new_shape)
+            return x if target is not None and [int(d) for d in target.reshape(-1)] == list(x.shape) else None
         neutral = _NEUTRAL.get(traits(op.code).affine or "")
         if neutral is None or len(op.inputs) != 2 or not has_no_activation(op):
             return None

@@ -76,3 +76,14 @@ def test_onnx2tfs_mobilenetv3_loses_every_transpose_and_reshape():
     counts = op_counts(r)
     assert "TRANSPOSE" not in counts and "RESHAPE" not in counts
     assert r.model.num_operators() == 67
+
+
+def test_onnx2tfs_default_backend_reaches_its_tf_converter_twin():
+    """The issue's target: onnx2tf's default (flatbuffer_direct) MobileNetV3,
+    92 ops, fused to no more ops than the same ONNX through onnx2tf's
+    tf_converter backend (67 as written, 66 fused)."""
+    default = fuse_and_check((FIXTURES / "onnx2tf" / "mobilenetv3.tflite").read_bytes(), runs=1)
+    twin = fuse_and_check((FIXTURES / "onnx2tf" / "mobilenetv3_tfc.tflite").read_bytes(), runs=1)
+    assert default.report["input"]["operators"] > twin.report["input"]["operators"]
+    assert default.model.num_operators() <= twin.report["input"]["operators"]
+    assert default.model.num_operators() == twin.model.num_operators()

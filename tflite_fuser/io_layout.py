@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .graph import Model, Subgraph, Tensor
+from .ops import layout_constant
 from .schema import BuiltinOperator as Op
 
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -41,12 +42,6 @@ class InterfaceChange:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def _perm(op) -> list[int] | None:
-    t = op.inputs[1] if len(op.inputs) == 2 else None
-    v = t.value() if t is not None else None
-    return None if v is None else [int(p) for p in v.reshape(-1)]
 
 
 def _interface_name(model: Model, sg: Subgraph, t: Tensor, side: str) -> str:
@@ -81,7 +76,7 @@ def to_nhwc_io(model: Model) -> list[InterfaceChange]:
             if len(x.shape) != 4 or len(users) != 1 or x in sg.outputs:
                 continue
             t = users[0]
-            if t.code != Op.TRANSPOSE or t.inputs[0] is not x or _perm(t) != TO_NHWC:
+            if t.code != Op.TRANSPOSE or t.inputs[0] is not x or layout_constant(t) != TO_NHWC:
                 continue
             y = t.outputs[0]
             if y in sg.outputs:
@@ -92,7 +87,7 @@ def to_nhwc_io(model: Model) -> list[InterfaceChange]:
             _take_place(model, sg, x, y, "input")
         for y in list(sg.outputs):
             t = sg.producer(y)
-            if t is None or t.code != Op.TRANSPOSE or len(y.shape) != 4 or _perm(t) != TO_NCHW:
+            if t is None or t.code != Op.TRANSPOSE or len(y.shape) != 4 or layout_constant(t) != TO_NCHW:
                 continue
             z = t.inputs[0]
             if sg.consumers(y) or z in sg.inputs or z in sg.outputs or sg.outputs.count(y) != 1:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .graph import Operator, Tensor
 from .schema import ActivationFunctionType as Act
 from .schema import BuiltinOperator as Op
@@ -138,6 +140,17 @@ def slot(op: Operator, which: str) -> Tensor | None:
     """The op's ``data``, ``filter`` or ``bias`` input (None when absent)."""
     i = getattr(traits(op.code), which)
     return op.inputs[i] if i is not None and i < len(op.inputs) else None
+
+
+def layout_constant(op: Operator) -> list[int] | None:
+    """A TRANSPOSE's permutation or a RESHAPE's target shape, when constant:
+    the second input's value, else (RESHAPE) its options' ``new_shape``."""
+    t = op.inputs[1] if len(op.inputs) > 1 else None
+    v = t.value() if t is not None else None
+    if v is None and op.code == Op.RESHAPE:
+        new_shape = getattr(op.options, "newShape", None)
+        v = None if new_shape is None or len(new_shape) == 0 else new_shape
+    return None if v is None else [int(d) for d in np.asarray(v).reshape(-1)]
 
 
 def version_for(op_code: int, floor: int = 1, **features: bool) -> int:

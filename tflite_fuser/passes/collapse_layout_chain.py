@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph import Operator, Subgraph, Tensor
+from ..ops import layout_constant
 from ..schema import BuiltinOperator as Op
 from ..schema import BuiltinOptions, TensorType, fb
 from .base import FusionPass, Match, PassContext, Skip
@@ -54,18 +55,9 @@ class OrderKept(Match):
     shape: list[int]
 
 
-def _const(op: Operator) -> list[int] | None:
-    t = op.inputs[1] if len(op.inputs) > 1 else None
-    v = t.value() if t is not None else None
-    if v is None and op.code == Op.RESHAPE:
-        v = getattr(op.options, "newShape", None)
-        v = None if v is None or len(v) == 0 else np.asarray(v)
-    return None if v is None else [int(d) for d in np.asarray(v).reshape(-1)]
-
-
 def _step(idx: np.ndarray, op: Operator) -> np.ndarray | None:
     """The index array after ``op``; None when its constant is missing or wrong."""
-    c = _const(op)
+    c = layout_constant(op)
     if c is None:
         return None
     try:

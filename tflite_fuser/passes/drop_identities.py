@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph import Operator, Subgraph, Tensor
-from ..ops import has_no_activation, traits
+from ..ops import has_no_activation, layout_constant, traits
 from ..schema import BuiltinOperator as Op
 from .base import FusionPass, Match, PassContext, Skip
 from .predicates import is_float32, same_quantization
@@ -73,17 +73,12 @@ class DropIdentities(FusionPass):
         """The input ``op`` hands on unchanged, if it is an identity."""
         x = op.inputs[0]
         if op.code == Op.TRANSPOSE:
-            perm = op.inputs[1].value() if len(op.inputs) == 2 and op.inputs[1] is not None else None
-            return x if perm is not None and list(perm) == list(range(len(x.shape))) else None
+            return x if layout_constant(op) == list(range(len(x.shape))) else None
         if op.code == Op.RESHAPE:
             # The target itself must be x's shape: a converter may declare
             # shapes it never computes (onnx2tf's [1, 1, 1] behind a computed
             # RESHAPE), so equal declarations alone prove nothing.
-            target = op.inputs[1].value() if len(op.inputs) > 1 and op.inputs[1] is not None else None
-            if target is None:
-                new_shape = getattr(op.options, "newShape", None)
-                target = None if new_shape is None or len(new_shape) == 0 else np.asarray(new_shape)
-            return x if target is not None and [int(d) for d in target.reshape(-1)] == list(x.shape) else None
+            return x if layout_constant(op) == list(x.shape) else None
         neutral = _NEUTRAL.get(traits(op.code).affine or "")
         if neutral is None or len(op.inputs) != 2 or not has_no_activation(op):
             return None

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph import Operator, Subgraph, Tensor
+from ..ops import layout_constant
 from ..schema import BuiltinOperator as Op
 from ..schema import TensorType
 from .base import FusionPass, Match, PassContext, Skip
@@ -40,11 +41,6 @@ class LayoutPair(Match):
     second: Operator
     #: the composed permutation (TRANSPOSE pairs), None for RESHAPE pairs
     perm: list[int] | None
-
-
-def _perm(op: Operator) -> list[int] | None:
-    p = op.inputs[1].value() if len(op.inputs) == 2 and op.inputs[1] is not None else None
-    return None if p is None else [int(v) for v in p.reshape(-1)]
 
 
 class MergeLayoutPairs(FusionPass):
@@ -65,7 +61,7 @@ class MergeLayoutPairs(FusionPass):
             return Skip(why, first)
         if second.code == Op.RESHAPE:
             return LayoutPair(first, second, None)
-        p1, p2 = _perm(first), _perm(second)
+        p1, p2 = layout_constant(first), layout_constant(second)
         if p1 is None or p2 is None or len(p1) != len(p2):
             return Skip("a permutation is not constant", second)
         return LayoutPair(first, second, [p1[j] for j in p2])

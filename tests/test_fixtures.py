@@ -128,6 +128,7 @@ def test_committed_corpus_stays_small():
     """Clones and CI stay quick: 23.6 MiB before the training-form networks
     (RepVGG, ACNet, MobileOne in four routes each) and the GPU fixtures, 30.2
     after, with those networks narrowed to keep it so; 32.1 with nobuco's route, 34.3 with
-    ConvNeXt and GhostNet (three converters each), the attention block and the GELU MLP."""
+    ConvNeXt and GhostNet (three converters each), the attention block and the GELU MLP, 36.5
+    with onnx2tf's RepVGG, ACNet and MobileOne (float32 and its float16 output)."""
     total = sum(e["size_bytes"] for e in ENTRIES if e["committed"])
-    assert total < 35 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"
+    assert total < 38 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"

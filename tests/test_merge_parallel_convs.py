@@ -153,7 +153,17 @@ def test_int8_branches_are_left_since_one_sum_requantizes_differently():
     b.output(b.add(conv(3), conv(1), quantization=q))
     r = fuse_and_check(b.to_bytes())
     assert op_counts(r)["CONV_2D"] == 2
-    assert any("not float32" in s for s in reasons(r, PASS))
+    assert any("in quantized INT8" in s for s in reasons(r, PASS))
+
+
+def test_float16_activations_are_left_and_the_reason_says_float16_not_int8():
+    """onnx2tf's float16 output computes every activation in float16: each
+    branch rounds its own output there, as in int8, but the reason names the
+    model's arithmetic."""
+    r = fuse_and_check((FIXTURES / "onnx2tf/acnet_fp16.tflite").read_bytes(), runs=1)
+    assert op_counts(r)["CONV_2D"] == MANIFEST["onnx2tf/acnet_fp16"]["op_counts"]["CONV_2D"]
+    why = reasons(r, PASS)
+    assert why and all("in float16:" in s for s in why)
 
 
 MANIFEST = {e["name"]: e for e in json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]}
@@ -162,7 +172,8 @@ BOUNDARY = {"litert_torch": "TRANSPOSE"}
 
 
 @pytest.mark.parametrize("name", [f"{route}/{m}" for m in ("repvgg", "acnet", "mobileone", "repconv")
-                                  for route in ("tf", "naive", "litert_torch")])
+                                  for route in ("tf", "naive", "litert_torch", "onnx2tf")
+                                  if (route, m) != ("onnx2tf", "repconv")])
 def test_each_training_form_fixture_reaches_its_deploy_forms_op_count(name):
     r = fuse_and_check((FIXTURES / f"{name}.tflite").read_bytes(), runs=1)
     ideal = MANIFEST[f"ideal/{name.split('/')[1]}"]["op_counts"]

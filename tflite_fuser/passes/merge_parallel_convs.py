@@ -52,7 +52,7 @@ from ..schema import ActivationFunctionType as Act
 from ..schema import BuiltinOperator as Op
 from ..schema import Padding, TensorType
 from .base import FusionPass, Match, PassContext, Skip
-from .predicates import float_weights, is_float32, spatial_zero_pad, why_not_removable
+from .predicates import arithmetic_of, float_weights, is_float32, spatial_zero_pad, why_not_removable
 from .rebuild import clone_op, drop_dead_dequantize, opcode_for
 from .weights import Weight, WeightStore, float_weight_of
 
@@ -129,8 +129,8 @@ class MergeParallelConvs(FusionPass):
             return None
         if not is_float32(y):
             if _convs_of_one_input(sg, op):
-                return Skip("parallel convs summed, but not float32: one int8 conv requantizes the sum once "
-                            "where each branch rounded on its own (not exact)", op)
+                return Skip(f"parallel convs summed, but in {arithmetic_of(y)}: one conv rounds the sum once "
+                            f"where each branch rounded its own output (not exact)", op)
             return None
         act = fused_activation(op)
         users = sg.consumers(y)
@@ -331,7 +331,8 @@ def _why_not(form: Linear, x: Tensor, y: Tensor) -> str | None:
         if c.inputs[1].shape[3] != first.inputs[1].shape[3]:
             return "their groups differ"
         if not (is_float32(c.inputs[0]) and is_float32(c.outputs[0])):
-            return "a branch is not float32 (int8 sums requantize: not exact)"
+            return (f"a branch computes in {arithmetic_of(c.outputs[0])}, not float32 (a merged conv rounds "
+                    f"the sum once where each branch rounded its own output: not exact)")
         if list(c.outputs[0].shape) != list(y.shape):
             return "a branch's output is broadcast"
     if not is_float32(x):

@@ -18,7 +18,7 @@ from ..graph import Model, Operator, Subgraph, Tensor
 from ..ops import WEIGHTED, fused_activation, slot, traits
 from ..schema import ActivationFunctionType as Act
 from ..schema import BuiltinOperator as Op
-from ..schema import TensorType
+from ..schema import TensorType, type_name
 from .weights import Weight, float_weight_of, is_constant_operand
 
 
@@ -53,6 +53,16 @@ def same_quantization(a: Tensor, b: Tensor) -> bool:
 
 def is_float32(t: Tensor | None) -> bool:
     return t is not None and t.dtype == TensorType.FLOAT32 and not t.is_quantized
+
+
+def arithmetic_of(t: Tensor | None) -> str:
+    """What a tensor that is not plain float32 holds, in the words a skip
+    reason needs: "quantized INT8", "float16", ... (a float16-activation model
+    is not an int8 one: the reason must say which)."""
+    if t is None:
+        return "absent"
+    name = type_name(t.dtype)
+    return f"quantized {name}" if t.is_quantized else name.lower()
 
 
 def constant_operand(sg: Subgraph, op: Operator) -> int | None:

@@ -171,17 +171,30 @@ MANIFEST = {e["name"]: e for e in json.loads((FIXTURES / "manifest.json").read_t
 BOUNDARY = {"litert_torch": "TRANSPOSE"}
 
 
-@pytest.mark.parametrize("name", [f"{route}/{m}" for m in ("repvgg", "acnet", "mobileone", "repconv")
-                                  for route in ("tf", "naive", "litert_torch", "onnx2tf")
-                                  if (route, m) != ("onnx2tf", "repconv")])
+#: every training-form fixture with its ideal: our RepBlock networks through four
+#: routes (route (a)'s ideal, written fused), timm's own RepVGG and MobileOne
+#: through two (their ideal: timm's reparameterize_model, same converter)
+TRAINING_FORMS = [f"{route}/{m}" for m in ("repvgg", "acnet", "mobileone", "repconv")
+                  for route in ("tf", "naive", "litert_torch", "onnx2tf")
+                  if (route, m) != ("onnx2tf", "repconv")] + [
+                  f"{route}/timm_{m}" for m in ("repvgg", "mobileone") for route in ("litert_torch", "onnx2tf")]
+
+
+@pytest.mark.parametrize("name", TRAINING_FORMS)
 def test_each_training_form_fixture_reaches_its_deploy_forms_op_count(name):
     r = fuse_and_check((FIXTURES / f"{name}.tflite").read_bytes(), runs=1)
-    ideal = MANIFEST[f"ideal/{name.split('/')[1]}"]["op_counts"]
+    ideal_entry = MANIFEST[MANIFEST[name]["ideal"][:-len(".tflite")]]
+    ideal = dict(ideal_entry["op_counts"])
     got = dict(op_counts(r))
     extra = BOUNDARY.get(name.split("/")[0])
-    if extra:
+    if extra and ideal_entry["route"] == "ideal":  # a deploy twin has the route's boundary op too
         got[extra] = got.get(extra, 0) - 1
         got = {k: v for k, v in got.items() if v}
+    # onnx2tf flattens before its classifier with a RESHAPE that FULLY_CONNECTED does itself
+    # (drop-reshape-before-fc): the fused model may have one op fewer than its deploy twin
+    if ideal_entry["route"] == "onnx2tf" and got.get("RESHAPE", 0) < ideal.get("RESHAPE", 0):
+        ideal["RESHAPE"] -= 1
+        ideal = {k: v for k, v in ideal.items() if v}
     assert got == ideal
 
 

@@ -102,9 +102,9 @@ def test_every_ideal_counterpart_is_a_listed_fixture():
 #: modules made for some routes' own problems (ShuffleNetV2: litert-torch's rank-5 shuffle on the GPU;
 #: ConvNeXt and the GELU MLP: what onnx2tf writes of transformer-style layers), as
 #: fixtures/make_fixtures.py ONLY_ROUTES lists them; timm's own networks (two real converters, their
-#: deploy forms as their ideals)
+#: deploy forms as their ideals) and DiverseBranchBlock's depthwise form
 ONE_ROUTE = {"groups4", "regnetx", "shufflenetv2", "mobilenetv3", "convnext", "mlp_gelu", "attention", "ghostnet",
-             "timm_repvgg", "timm_repvgg_deploy", "timm_mobileone", "timm_mobileone_deploy"}
+             "timm_repvgg", "timm_repvgg_deploy", "timm_mobileone", "timm_mobileone_deploy", "dbb_dw", "dbb_dw_deploy"}
 
 
 def test_every_module_has_each_route():

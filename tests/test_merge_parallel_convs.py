@@ -172,12 +172,14 @@ BOUNDARY = {"litert_torch": "TRANSPOSE"}
 
 
 #: every training-form fixture with its ideal: our RepBlock networks through four
-#: routes (route (a)'s ideal, written fused), timm's own RepVGG and MobileOne
-#: through two (their ideal: timm's reparameterize_model, same converter)
+#: routes (route (a)'s ideal, written fused); timm's own RepVGG and MobileOne and
+#: DiverseBranchBlock's depthwise form through two (their ideal: the deploy form,
+#: timm's reparameterize_model or the module's own, through the same converter)
 TRAINING_FORMS = [f"{route}/{m}" for m in ("repvgg", "acnet", "mobileone", "repconv")
                   for route in ("tf", "naive", "litert_torch", "onnx2tf")
                   if (route, m) != ("onnx2tf", "repconv")] + [
-                  f"{route}/timm_{m}" for m in ("repvgg", "mobileone") for route in ("litert_torch", "onnx2tf")]
+                  f"{route}/{m}" for m in ("timm_repvgg", "timm_mobileone", "dbb_dw")
+                  for route in ("litert_torch", "onnx2tf")]
 
 
 @pytest.mark.parametrize("name", TRAINING_FORMS)
@@ -212,3 +214,48 @@ def test_float16_weights_behind_dequantize_merge_and_stay_float16():
     (conv_op,) = ops_of(r, Op.CONV_2D)
     (deq,) = [op for op in r.model.main.operators if op.code == Op.DEQUANTIZE and op.outputs[0] is conv_op.inputs[1]]
     assert deq.inputs[0].dtype == TensorType.FLOAT16
+
+
+# ------------------------------------------------------------ average-pool branches
+
+
+def _pool_block(padding="VALID", pad=1, pool_stride=1, depthwise=True, c=8, hw=8) -> bytes:
+    """DiverseBranchBlock's depthwise form: 3x3 and 1x1 convs and a 3x3
+    average pool (through a zero PAD, PyTorch's count_include_pad), each with
+    its BN, summed, then RELU."""
+    b = ModelBuilder()
+    x = b.input("x", [1, hw, hw, c])
+    if depthwise:
+        k3 = b.depthwise_conv2d(x, R.standard_normal((1, 3, 3, c)).astype(np.float32), _b(c))
+        k1 = b.depthwise_conv2d(x, R.standard_normal((1, 1, 1, c)).astype(np.float32), _b(c))
+    else:
+        k3, k1 = b.conv2d(x, _w(c, 3, 3, c), _b(c)), b.conv2d(x, _w(c, 1, 1, c), _b(c))
+    src = b.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]]) if pad else x
+    pool = b.average_pool2d(src, 3, pool_stride, padding)
+    bn = b.add(b.mul(pool, R.uniform(0.5, 1.5, c).astype(np.float32)), _b(c))
+    b.output(b.relu(b.add(b.add(k3, k1), bn)))
+    return b.to_bytes()
+
+
+@pytest.mark.parametrize("depthwise", [True, False], ids=["depthwise", "dense"])
+def test_a_zero_padded_valid_average_pool_branch_becomes_a_uniform_kernel_of_the_merged_conv(depthwise):
+    r = fuse_and_check(_pool_block(depthwise=depthwise))
+    assert op_counts(r) == {"DEPTHWISE_CONV_2D" if depthwise else "CONV_2D": 1}
+    assert r.verification.max_abs_error < 1e-5
+
+
+def test_a_same_padded_average_pool_is_left_since_its_edge_windows_divide_by_fewer_inputs():
+    r = fuse_and_check(_pool_block(padding="SAME", pad=0))
+    assert op_counts(r)["AVERAGE_POOL_2D"] == 1
+    assert any("divides each edge window by the count of real inputs" in s for s in reasons(r, PASS))
+
+
+def test_an_average_pool_with_another_stride_than_the_conv_is_left_with_the_reason():
+    """A 1x1 pool of stride 2 and a VALID 3x3 conv of stride 1 both map 4x4 to
+    2x2, but the pool reads every other pixel: no tap of one stride-1 conv."""
+    b = ModelBuilder()
+    x = b.input("x", [1, 4, 4, 4])
+    b.output(b.add(b.conv2d(x, _w(4, 3, 3, 4), _b(4), padding="VALID"), b.average_pool2d(x, 1, 2)))
+    r = fuse_and_check(b.to_bytes())
+    assert op_counts(r) == {"ADD": 1, "AVERAGE_POOL_2D": 1, "CONV_2D": 1}
+    assert any("the pool strides (2, 2) where the convs stride (1, 1)" in s for s in reasons(r, PASS))

@@ -120,6 +120,15 @@ class ModelBuilder:
         return self.op(Op.DEPTHWISE_CONV_2D, [x, w, b], [out], opts,
                        BuiltinOptions.DepthwiseConv2DOptions, version=kw.pop("version", 2), **kw)[0]
 
+    def average_pool2d(self, x: Tensor, window, stride=1, padding="VALID", activation=None, **kw) -> Tensor:
+        kh, kw_ = _pair(window)
+        sh, sw = _pair(stride)
+        n, h, wd, c = x.shape
+        out = [n, conv_output_size(h, kh, sh, 1, padding), conv_output_size(wd, kw_, sw, 1, padding), c]
+        opts = fb.Pool2DOptionsT(padding=_PAD[padding], strideW=sw, strideH=sh, filterWidth=kw_, filterHeight=kh,
+                                 fusedActivationFunction=_ACT[activation])
+        return self.op(Op.AVERAGE_POOL_2D, [x], [out], opts, BuiltinOptions.Pool2DOptions, **kw)[0]
+
     def fully_connected(self, x: Tensor, w, b=None, activation=None, keep_num_dims=False, **kw) -> Tensor:
         """``w`` is ``[units, in]``."""
         w = self._as_tensor(w)

@@ -58,6 +58,25 @@ def identity_filter(scale: np.ndarray, kernel: tuple[int, int], offset: tuple[in
     return w
 
 
+def average_filter(scale: np.ndarray, window: tuple[int, int], kernel: tuple[int, int], offset: tuple[int, int],
+                   in_per_group: int, depthwise: bool) -> np.ndarray:
+    """The filter of ``average_pool(x) * scale``: on each channel's own input,
+    ``scale / (wh*ww)`` at every tap of the pool's ``window``, the window's
+    top-left corner at ``offset`` in ``kernel`` (the edge divisor of a
+    zero-padded VALID pool, PyTorch's ``count_include_pad``, is the window's
+    size too: the same convolution)."""
+    v = np.asarray(scale, np.float64) / (window[0] * window[1])
+    c = len(v)
+    rows, cols = slice(offset[0], offset[0] + window[0]), slice(offset[1], offset[1] + window[1])
+    if depthwise:
+        w = np.zeros((1, kernel[0], kernel[1], c), np.float64)
+        w[0, rows, cols, :] = v
+        return w
+    w = np.zeros((c, kernel[0], kernel[1], in_per_group), np.float64)
+    w[np.arange(c), rows, cols, np.arange(c) % in_per_group] = v[:, None, None]
+    return w
+
+
 def scale_out(w: np.ndarray, scale: np.ndarray, depthwise: bool) -> np.ndarray:
     """``w`` with output channel ``c`` multiplied by ``scale[c]``."""
     return w * (scale.reshape(1, 1, 1, -1) if depthwise else scale.reshape(-1, 1, 1, 1))

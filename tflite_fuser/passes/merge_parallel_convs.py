@@ -12,8 +12,10 @@ fold-affine)::
 
 Any tree of ADD/SUB (a subtracted branch enters with its sign) and per-channel
 constant MUL/DIV/ADD/SUB over branches that are each a CONV_2D (or each a
-DEPTHWISE_CONV_2D) of the same tensor X, possibly through a zero PAD, or X
-itself (through per-channel constants): the whole tree is linear in X, so it
+DEPTHWISE_CONV_2D) of the same tensor X, possibly through a zero PAD, an
+AVERAGE_POOL_2D of X (DiverseBranchBlock's average branch: a uniform
+``1/(kh*kw)`` kernel on each channel), or X itself (through per-channel
+constants): the whole tree is linear in X, so it
 is the one conv whose filter is the sum of the branch filters (each scaled
 per output channel) and whose bias is the sum of the biases and constants.
 The root's fused activation moves onto the conv (:mod:`reparam` has the
@@ -35,7 +37,13 @@ Preconditions (each failure a skip with its reason):
   always does, centred at stride 1, in the corner at stride 2 on an even size;
   PyTorch's symmetric padding written as PAD + VALID does too; a window padded
   more than the largest one is not, and is left);
-- an identity branch needs stride 1 and as many output channels as input.
+- an identity branch needs stride 1 and as many output channels as input;
+- an average-pool branch needs as many output channels as input, the convs'
+  stride, a window the largest kernel covers (placed like a conv's), and edges
+  that are a convolution's: VALID, or a zero PAD then VALID (PyTorch's
+  ``count_include_pad``), or SAME where SAME pads nothing. SAME that pads
+  divides each edge window by the count of real inputs in it, which no
+  convolution does, and is left.
 """
 
 from __future__ import annotations
@@ -71,6 +79,8 @@ class Branch:
     source: Tensor | None = None  # X: the conv's input, before the PAD
     pad: tuple[int, int] = (0, 0)  # rows, columns padded before the window, in all
     kernel: tuple[int, int] = (1, 1)
+    #: an average pool whose edge windows are no convolution's: why
+    inexact: str | None = None
 
 
 @dataclass
@@ -82,9 +92,11 @@ class Linear:
     identity: dict = field(default_factory=dict)  # Tensor -> per-channel scale
     bias: np.ndarray | None = None
     ops: list[Operator] = field(default_factory=list)
+    #: AVERAGE_POOL_2D branches (``Branch.conv`` is the pool)
+    pools: list[Branch] = field(default_factory=list)
 
     def scaled(self, s: np.ndarray) -> "Linear":
-        for b in self.branches:
+        for b in self.branches + self.pools:
             b.scale = b.scale * s
         self.identity = {t: v * s for t, v in self.identity.items()}
         self.bias = self.bias * s
@@ -92,6 +104,7 @@ class Linear:
 
     def plus(self, other: "Linear", sign: float) -> "Linear":
         self.branches += other.scaled(np.full_like(other.bias, sign)).branches
+        self.pools += other.pools
         for t, v in other.identity.items():
             self.identity[t] = self.identity.get(t, 0.0) + v
         self.bias = self.bias + other.bias
@@ -116,6 +129,7 @@ class ParallelSum(Match):
     store: WeightStore
     n_branches: int
     identity: bool
+    n_pools: int = 0
 
 
 class MergeParallelConvs(FusionPass):
@@ -144,11 +158,11 @@ class MergeParallelConvs(FusionPass):
             return None
         if not form.branches:
             return None
-        sources = {id(b.source) for b in form.branches}
+        sources = {id(b.source) for b in form.branches + form.pools}
         x = form.branches[0].source
         if len(sources) != 1 or any(t is not x for t in form.identity):
             return None  # branches of different inputs (a residual ADD): not a parallel sum
-        if len(form.branches) == 1 and not form.identity:
+        if len(form.branches) == 1 and not form.identity and not form.pools:
             return None  # one conv and constants: fold-affine's
         if act not in ACTIVATION_RANGE:
             return Skip("the sum carries an activation no conv fuses", op)
@@ -157,10 +171,14 @@ class MergeParallelConvs(FusionPass):
             return Skip(f"{len(form.branches)} parallel convs summed, but {why}", op)
         anchor = max(form.branches, key=lambda b: b.kernel[0] * b.kernel[1])
         kernel = anchor.kernel
-        if any(b.kernel[0] > kernel[0] or b.kernel[1] > kernel[1] for b in form.branches):
+        if any(b.kernel[0] > kernel[0] or b.kernel[1] > kernel[1] for b in form.branches + form.pools):
             return Skip(f"{len(form.branches)} parallel convs summed, but no branch's kernel covers all the "
-                        f"others' ({', '.join(f'{b.kernel[0]}x{b.kernel[1]}' for b in form.branches)}): the "
-                        "merged conv would cost more than the branches", op)
+                        f"others' ({', '.join(f'{b.kernel[0]}x{b.kernel[1]}' for b in form.branches)}"
+                        + "".join(f", {b.kernel[0]}x{b.kernel[1]} average pool" for b in form.pools)
+                        + "): the merged conv would cost more than the branches", op)
+        why = _why_not_pools(form, anchor, x, channels)
+        if why:
+            return Skip(f"{len(form.branches)} parallel convs summed with an average pool, but {why}", op)
         depthwise = anchor.conv.code == Op.DEPTHWISE_CONV_2D
         weights: list[tuple[Weight, Weight | None]] = []
         for b in form.branches:
@@ -188,6 +206,13 @@ class MergeParallelConvs(FusionPass):
             if None in offset:
                 return Skip(f"the identity branch does not sit inside the {kernel[0]}x{kernel[1]} window", op)
             total += reparam.identity_filter(form.identity[x], kernel, offset, int(total.shape[3]), depthwise)
+        for b in form.pools:
+            offset = tuple(reparam.embed_offset(anchor.pad[i], kernel[i], b.pad[i], b.kernel[i]) for i in range(2))
+            if None in offset:
+                return Skip(f"parallel convs summed, but the {b.kernel[0]}x{b.kernel[1]} average pool's window "
+                            f"(padded {b.pad} before) does not sit inside the {kernel[0]}x{kernel[1]}'s (padded "
+                            f"{anchor.pad}): their outputs are not aligned", op)
+            total += reparam.average_filter(b.scale, b.kernel, kernel, offset, int(total.shape[3]), depthwise)
         ops = [o for o in dict.fromkeys(form.ops) if o is not anchor.pad_op]  # the merged conv reads through it
         store = WeightStore(ctx.model, sg, ctx, ops)
         try:  # rounded before the graph is touched: a refusal leaves no trace
@@ -197,7 +222,8 @@ class MergeParallelConvs(FusionPass):
         except FoldError as e:
             return Skip(str(e), op)
         return ParallelSum(op, anchor, w_arr, b_arr, ops, [w for w, _ in weights], biases,
-                           Act.NONE if act is None else act, store, len(form.branches), bool(form.identity))
+                           Act.NONE if act is None else act, store, len(form.branches), bool(form.identity),
+                           len(form.pools))
 
     def apply(self, ctx: PassContext, sg: Subgraph, m: ParallelSum) -> str:
         y = m.root.outputs[0]
@@ -210,7 +236,8 @@ class MergeParallelConvs(FusionPass):
         m.store.commit(new)
         drop_dead_dequantize(ctx.model, sg, [t for op in m.ops for t in op.inputs])
         kernel = f"{m.anchor.kernel[0]}x{m.anchor.kernel[1]}"
-        return (f"merged {m.n_branches} parallel {conv.type_name}s" + (" and the identity" if m.identity else "")
+        extra = [what for what, n in (("the identity", m.identity), (f"{m.n_pools} average pool(s)", m.n_pools)) if n]
+        return (f"merged {m.n_branches} parallel {conv.type_name}s" + "".join(f" and {e}" for e in extra)
                 + f" summed into {y.name!r} into one {kernel} {conv.type_name}")
 
 
@@ -269,16 +296,21 @@ def _linear(ctx: PassContext, sg: Subgraph, t: Tensor, reader: Operator | None, 
         return form
     if p is not None and p.code in _CONVS and fused_activation(p) in (None, Act.NONE):
         return Linear([_branch(ctx, sg, p, channels)], {}, zero, [p] + _private_pad(sg, p))
+    if p is not None and p.code == Op.AVERAGE_POOL_2D and fused_activation(p) in (None, Act.NONE) \
+            and is_float32(p.outputs[0]) and p.inputs and is_float32(p.inputs[0]):
+        return Linear([], {}, zero, [p] + _private_pad(sg, p), pools=[_branch(ctx, sg, p, channels)])
     return Linear([], {t: np.ones(channels)}, zero, [])
 
 
 def _branch(ctx: PassContext, sg: Subgraph, conv: Operator, channels: int) -> Branch:
-    """One conv branch: the tensor it reads (before a zero PAD of H and W only),
-    its kernel and how many rows and columns its window is padded before."""
+    """One conv (or average pool) branch: the tensor it reads (before a zero
+    PAD of H and W only), its kernel and how many rows and columns its window
+    is padded before."""
     src = conv.inputs[0]
-    w = conv.inputs[1]
     o = conv.options
-    if src is None or w is None or len(w.shape) != 4 or o is None or len(src.shape) != 4:
+    pool = conv.code == Op.AVERAGE_POOL_2D
+    w = None if pool else conv.inputs[1]
+    if src is None or (not pool and (w is None or len(w.shape) != 4)) or o is None or len(src.shape) != 4:
         raise _NotLinear("not a 4-D conv")
     pad_op = sg.producer(src)
     before = [0, 0]
@@ -288,15 +320,34 @@ def _branch(ctx: PassContext, sg: Subgraph, conv: Operator, channels: int) -> Br
         x = pad_op.inputs[0]
     else:
         pad_op, x = None, src
-    kernel = (int(w.shape[1]), int(w.shape[2]))
+    kernel = (int(o.filterHeight), int(o.filterWidth)) if pool else (int(w.shape[1]), int(w.shape[2]))
     strides = (max(o.strideH, 1), max(o.strideW, 1))
+    edge = None
     if o.padding == Padding.SAME:
         for i, axis in enumerate((1, 2)):
             size = src.shape[axis]
             if size <= 0 or (src.shape_signature and src.shape_signature[axis] < 0 and strides[i] > 1):
                 raise _NotLinear("SAME padding of a dynamic size")
-            before[i] += folding.same_padding(int(size), kernel[i], strides[i], 1)[0]
-    return Branch(conv, np.ones(channels), pad_op, x, (before[0], before[1]), kernel)
+            same = folding.same_padding(int(size), kernel[i], strides[i], 1)
+            before[i] += same[0]
+            if pool and any(same):
+                edge = (f"its SAME padding pads {list(same)} on axis {axis}, and SAME average pooling divides "
+                        f"each edge window by the count of real inputs in it: no convolution")
+    return Branch(conv, np.ones(channels), pad_op, x, (before[0], before[1]), kernel, edge)
+
+
+def _why_not_pools(form: Linear, anchor: Branch, x: Tensor, channels: int) -> str | None:
+    """Why an average-pool branch cannot join the convs (None: they can)."""
+    s = anchor.conv.options
+    for b in form.pools:
+        o = b.conv.options
+        if b.inexact:
+            return b.inexact
+        if (o.strideH, o.strideW) != (s.strideH, s.strideW):
+            return f"the pool strides ({o.strideH}, {o.strideW}) where the convs stride ({s.strideH}, {s.strideW})"
+        if x.shape[-1] != channels:
+            return "the convs change the channel count, and a pool keeps it"
+    return None
 
 
 def _zero_spatial_pad(pad: Operator) -> np.ndarray | None:

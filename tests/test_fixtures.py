@@ -102,9 +102,9 @@ def test_every_ideal_counterpart_is_a_listed_fixture():
 #: modules made for some routes' own problems (ShuffleNetV2: litert-torch's rank-5 shuffle on the GPU;
 #: ConvNeXt and the GELU MLP: what onnx2tf writes of transformer-style layers), as
 #: fixtures/make_fixtures.py ONLY_ROUTES lists them; timm's own networks (two real converters, their
-#: deploy forms as their ideals) and DiverseBranchBlock's depthwise form
+#: deploy forms as their ideals), DiverseBranchBlock's depthwise form and the PReLU network
 ONE_ROUTE = {"groups4", "regnetx", "shufflenetv2", "mobilenetv3", "convnext", "mlp_gelu", "attention", "ghostnet",
-             "timm_repvgg", "timm_repvgg_deploy", "timm_mobileone", "timm_mobileone_deploy", "dbb_dw", "dbb_dw_deploy"}
+             "timm_repvgg", "timm_repvgg_deploy", "timm_mobileone", "timm_mobileone_deploy", "dbb_dw", "dbb_dw_deploy", "prelu"}
 
 
 def test_every_module_has_each_route():
@@ -136,6 +136,7 @@ def test_committed_corpus_stays_small():
     after, with those networks narrowed to keep it so; 32.1 with nobuco's route, 34.3 with
     ConvNeXt and GhostNet (three converters each), the attention block and the GELU MLP, 36.5
     with onnx2tf's RepVGG, ACNet and MobileOne, 39.5 with timm's own RepVGG and MobileOne
-    (training and deploy forms, through litert-torch and onnx2tf)."""
+    (training and deploy forms, through litert-torch and onnx2tf), 39.8 with DiverseBranchBlock's
+    depthwise form and the PReLU network."""
     total = sum(e["size_bytes"] for e in ENTRIES if e["committed"])
     assert total < 41 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"

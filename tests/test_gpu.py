@@ -208,3 +208,25 @@ def test_onnx2tfs_mobilenetv3_runs_on_the_gpu_whole_once_its_hard_sigmoids_are_w
     assert g["coverage_after"]["gpu_ops"] == sum(report["output"]["op_counts"].values())
     assert "RELU_0_TO_1" not in report["output"]["op_counts"]
     assert g["fused_vs_cpu"]["ok"]
+
+
+def test_nobucos_one_alpha_prelu_the_gpu_refuses_runs_there_as_leaky_relu(tmp_path):
+    """nobuco (and onnx2tf) write ``nn.PReLU()`` as a PRELU with a [1, 1, 1]
+    alpha; the delegate refuses it ("Linear alpha shape does not match the
+    number of input channels"). As LEAKY_RELU the whole model runs on the GPU."""
+    rc, report = _fuse(tmp_path, FIXTURES / "nobuco" / "prelu.tflite", "--target", "gpu")
+    assert rc == 0
+    g = report["verification"]["gpu"]
+    assert not g["coverage_before"]["all_on_gpu"]
+    assert [r["op"] for r in g["coverage_before"]["refused"]] == ["PRELU"]
+    assert g["coverage_after"]["all_on_gpu"] and g["fused_vs_cpu"]["ok"]
+    assert report["output"]["op_counts"]["LEAKY_RELU"] == 1
+
+
+def test_the_gpu_computes_diverse_branch_blocks_wrongly_as_converted_and_right_once_merged(tmp_path):
+    rc, report = _fuse(tmp_path, FIXTURES / "litert_torch" / "dbb_dw.tflite", "--target", "gpu")
+    assert rc == 0
+    g = report["verification"]["gpu"]
+    assert g["coverage_before"]["all_on_gpu"] and g["coverage_after"]["all_on_gpu"]
+    assert not g["original_vs_cpu"]["ok"] and g["fused_vs_cpu"]["ok"]
+    assert "AVERAGE_POOL_2D" not in report["output"]["op_counts"]

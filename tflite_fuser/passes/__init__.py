@@ -34,6 +34,7 @@ from .fuse_activation import FuseActivation
 from .fuse_dilated_conv import FuseDilatedConv
 from .fuse_gelu import FuseGelu
 from .fuse_hard_swish import FuseHardSwish
+from .fuse_prelu import FusePrelu
 from .fuse_split_conv import FuseSplitConv
 from .lower_relu_0_to_1 import LowerRelu0To1
 from .lower_transpose_rank import LowerTransposeRank
@@ -56,6 +57,7 @@ PASS_CLASSES: list[type[FusionPass]] = [
     # Written-out activations become one op before the folds look at their pieces.
     FuseHardSwish,
     FuseGelu,
+    FusePrelu,
     FuseDilatedConv,
     BatchMatmulToFc,
     FoldPadIntoConv,

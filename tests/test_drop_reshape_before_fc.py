@@ -3,6 +3,7 @@ goes, since the FULLY_CONNECTED reads its input as rows of its input size."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from helpers import reasons
 
 PASS = "drop-reshape-before-fc"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+MANIFEST = {e["name"]: e for e in json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]}
 R = np.random.default_rng(5)
 
 
@@ -74,3 +76,16 @@ def test_for_the_gpu_only_a_reshape_with_nothing_to_flatten_goes():
     assert "RESHAPE" in op_counts(kept)
     assert any("kept for target gpu" in s for s in reasons(kept, PASS))
     assert op_counts(fuse_and_check(_head(), target="gpu")) == {"FULLY_CONNECTED": 1}
+
+
+def test_onnx2tfs_timm_efficientnet_has_nothing_left_but_its_flatten():
+    """timm's EfficientNet-B0 through onnx2tf 2.6: batch norms folded, squeeze-
+    excite in NHWC, no layout islands. What stays is SiLU as LOGISTIC + MUL
+    (41 of each: TFLite has no SiLU op to write) and PyTorch's stride-2
+    padding as PAD + VALID conv; the RESHAPE before the classifier goes."""
+    src = FIXTURES / "onnx2tf" / "timm_efficientnet.tflite"
+    r = fuse_and_check(src.read_bytes(), runs=1)
+    before = MANIFEST["onnx2tf/timm_efficientnet"]["op_counts"]
+    after = dict(op_counts(r))
+    assert before.pop("RESHAPE") == 1 and after == before
+    assert after["LOGISTIC"] == after["MUL"] == 41

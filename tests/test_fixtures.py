@@ -104,7 +104,8 @@ def test_every_ideal_counterpart_is_a_listed_fixture():
 #: fixtures/make_fixtures.py ONLY_ROUTES lists them; timm's own networks (two real converters, their
 #: deploy forms as their ideals), DiverseBranchBlock's depthwise form and the PReLU network
 ONE_ROUTE = {"groups4", "regnetx", "shufflenetv2", "mobilenetv3", "convnext", "mlp_gelu", "attention", "ghostnet",
-             "timm_repvgg", "timm_repvgg_deploy", "timm_mobileone", "timm_mobileone_deploy", "dbb_dw", "dbb_dw_deploy", "prelu"}
+             "timm_repvgg", "timm_repvgg_deploy", "timm_mobileone", "timm_mobileone_deploy", "dbb_dw", "dbb_dw_deploy", "prelu",
+             "timm_efficientnet"}
 
 
 def test_every_module_has_each_route():
@@ -137,6 +138,6 @@ def test_committed_corpus_stays_small():
     ConvNeXt and GhostNet (three converters each), the attention block and the GELU MLP, 36.5
     with onnx2tf's RepVGG, ACNet and MobileOne, 39.5 with timm's own RepVGG and MobileOne
     (training and deploy forms, through litert-torch and onnx2tf), 39.8 with DiverseBranchBlock's
-    depthwise form and the PReLU network."""
+    depthwise form and the PReLU network, 40.6 with onnx2tf's timm EfficientNet-B0."""
     total = sum(e["size_bytes"] for e in ENTRIES if e["committed"])
-    assert total < 41 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"
+    assert total < 42 * 2**20, f"committed fixtures take {total / 2**20:.1f} MiB"

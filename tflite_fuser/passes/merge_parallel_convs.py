@@ -189,7 +189,7 @@ class MergeParallelConvs(FusionPass):
         total = np.zeros((1 if depthwise else channels, *kernel, weights[0][0].stored.shape[3]), np.float64)
         bias = np.array(form.bias, np.float64)
         for b, (w, bw) in zip(form.branches, weights):
-            offset = tuple(reparam.embed_offset(anchor.pad[i], kernel[i], b.pad[i], b.kernel[i]) for i in range(2))
+            offset = _offset_in(anchor, b.pad, b.kernel)
             if None in offset:
                 return Skip(f"parallel convs summed, but the {b.kernel[0]}x{b.kernel[1]} branch's window (padded "
                             f"{b.pad} before) does not sit inside the {kernel[0]}x{kernel[1]}'s (padded "
@@ -202,12 +202,12 @@ class MergeParallelConvs(FusionPass):
             if (s.strideH, s.strideW) != (1, 1) or x.shape[-1] != channels:
                 return Skip("parallel convs summed with their input, but the conv strides or changes the "
                             "channel count, so the input is no branch of it", op)
-            offset = tuple(reparam.embed_offset(anchor.pad[i], kernel[i], 0, 1) for i in range(2))
+            offset = _offset_in(anchor, (0, 0), (1, 1))
             if None in offset:
                 return Skip(f"the identity branch does not sit inside the {kernel[0]}x{kernel[1]} window", op)
             total += reparam.identity_filter(form.identity[x], kernel, offset, int(total.shape[3]), depthwise)
         for b in form.pools:
-            offset = tuple(reparam.embed_offset(anchor.pad[i], kernel[i], b.pad[i], b.kernel[i]) for i in range(2))
+            offset = _offset_in(anchor, b.pad, b.kernel)
             if None in offset:
                 return Skip(f"parallel convs summed, but the {b.kernel[0]}x{b.kernel[1]} average pool's window "
                             f"(padded {b.pad} before) does not sit inside the {kernel[0]}x{kernel[1]}'s (padded "
@@ -334,6 +334,11 @@ def _branch(ctx: PassContext, sg: Subgraph, conv: Operator, channels: int) -> Br
                 edge = (f"its SAME padding pads {list(same)} on axis {axis}, and SAME average pooling divides "
                         f"each edge window by the count of real inputs in it: no convolution")
     return Branch(conv, np.ones(channels), pad_op, x, (before[0], before[1]), kernel, edge)
+
+
+def _offset_in(anchor: Branch, pad: tuple[int, int], kernel: tuple[int, int]) -> tuple[int | None, int | None]:
+    """Where a window of ``kernel`` padded ``pad`` before sits in the anchor's, per axis (None: outside)."""
+    return tuple(reparam.embed_offset(anchor.pad[i], anchor.kernel[i], pad[i], kernel[i]) for i in range(2))
 
 
 def _why_not_pools(form: Linear, anchor: Branch, x: Tensor, channels: int) -> str | None:

@@ -105,7 +105,7 @@ def test_every_ideal_counterpart_is_a_listed_fixture():
 #: deploy forms as their ideals), DiverseBranchBlock's depthwise form and the PReLU network
 ONE_ROUTE = {"groups4", "regnetx", "shufflenetv2", "mobilenetv3", "convnext", "mlp_gelu", "attention", "ghostnet",
              "timm_repvgg", "timm_repvgg_deploy", "timm_mobileone", "timm_mobileone_deploy", "dbb_dw", "dbb_dw_deploy", "prelu",
-             "timm_efficientnet"}
+             "timm_efficientnet", "mlp_gelu_erf"}
 
 
 def test_every_module_has_each_route():

@@ -100,3 +100,16 @@ def test_onnx2tfs_mlp_blocks_lose_their_written_out_gelus():
     r = fuse_and_check((FIXTURES / "onnx2tf/mlp_gelu.tflite").read_bytes(), runs=1)
     assert r.report["input"]["op_counts"]["TANH"] == 3
     assert op_counts(r)["GELU"] == 3 and "TANH" not in op_counts(r)
+
+
+def test_a_wrong_rewrite_of_a_flex_erf_gelu_fails_its_numpy_reference_proof_and_is_reverted(monkeypatch):
+    """The original ops cannot run in the interpreter (FlexErf), so their
+    region proof computes them in numpy: a rewrite with a wrong factor
+    (2.5 GELU(x) for 2 GELU(x)) must fail there and be reverted."""
+    from tflite_fuser.passes import fuse_gelu
+
+    monkeypatch.setattr(fuse_gelu, "_multiple", lambda got, want: 2.5 if np.isfinite(got).all() else None)
+    r = fuse_and_check((FIXTURES / "onnx2tf" / "mlp_gelu_erf_tfc.tflite").read_bytes(), runs=1)
+    assert "GELU" not in op_counts(r) and op_counts(r)["CUSTOM(FlexErf)"] == 2
+    assert r.report["reverted"] and all("region proof failed" in x["error"] and "max |a-b|" in x["error"]
+                                        for x in r.report["reverted"])

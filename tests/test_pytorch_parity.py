@@ -44,3 +44,26 @@ def test_fused_model_matches_the_pytorch_module(entry):
         y = check.nchw(y) if nhwc else y  # (by layout: H == C would make shapes agree either way)
         worst = max(worst, check.rel_error(y, ref))
     assert worst <= 1e-4, f"fused {entry['name']} differs from PyTorch by {worst:.2e} of the output scale"
+
+
+def test_onnx2tfs_flex_erf_mlp_the_interpreter_cannot_run_runs_once_fused_and_matches_pytorch():
+    """onnx2tf's tf_converter backend writes PyTorch's exact GELU with Erf as a
+    Flex op (FlexErf), and drops its 0.5 into the next layer: the stock
+    interpreter cannot run the model at all. Fused, each GELU is one GELU op
+    (its factor 2 folded into the next FULLY_CONNECTED), proved region by
+    region against the original ops computed in numpy, and the model runs
+    and matches the PyTorch module."""
+    entry = next(e for e in MANIFEST["fixtures"] if e["name"] == "onnx2tf/mlp_gelu_erf_tfc")
+    src = FIXTURES / entry["file"]
+    assert not entry["runs_in_litert"] and entry["op_counts"]["CUSTOM(FlexErf)"] == 2
+    with pytest.raises(RuntimeError, match="FlexErf"):
+        check.run_tflite(src.read_bytes(), torch_modules.example_input(entry["module"]).numpy())
+    result = fuse(src, runs=1, isolate=False)
+    assert result.ok, result.verification.message
+    assert result.report["output"]["op_counts"] == {"FULLY_CONNECTED": 3, "GELU": 2}
+    module = torch_modules.build(entry["module"])
+    for seed in range(check.PARITY_INPUTS):
+        x = torch_modules.example_input(entry["module"], seed)
+        with torch.no_grad():
+            ref = module(x).numpy()
+        assert check.rel_error(check.run_tflite(result.model_bytes, x.numpy()), ref) <= 1e-4

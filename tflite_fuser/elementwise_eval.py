@@ -50,25 +50,47 @@ BINARY = {
 }
 EVALUABLE = frozenset(UNARY) | frozenset(BINARY)
 
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
+
+#: custom ops of the same kind, by custom code: TF ops the converter kept as
+#: Flex ops (onnx2tf's tf_converter backend writes ONNX's ``Erf`` as FlexErf,
+#: which the stock interpreter cannot run)
+CUSTOM_UNARY = {"FlexErf": _ERF}
+
+
+def kernel(op: Operator):
+    """The numpy function ``op`` computes, or None when it is no per-element op we know."""
+    if op.code in UNARY:
+        return UNARY[op.code]
+    if op.code in BINARY:
+        return BINARY[op.code]
+    return CUSTOM_UNARY.get(op.opcode.custom_code) if op.code == Op.CUSTOM else None
+
+
+def evaluable(op: Operator) -> bool:
+    return kernel(op) is not None
+
 
 def evaluate(ops: list[Operator], x: Tensor, xs: np.ndarray, constant) -> np.ndarray:
     """The last op's output when ``x`` takes the values ``xs``. ``ops`` are in
     graph order; every input is ``x``, an earlier op's output, or a constant
     (``constant(t)`` gives its float64 value, broadcast like the op does)."""
-    values = {x: xs}
+    return run_ops(ops, {x: xs}, constant)[ops[-1].outputs[0]]
+
+
+def run_ops(ops: list[Operator], values: dict, constant) -> dict:
+    """Every op's output, in float64, from ``values`` (tensor -> array) of
+    the tensors the ops read that are not constants; ``values`` is extended."""
     with np.errstate(all="ignore"):
         for op in ops:
             args = [values[t] if t in values else constant(t) for t in op.inputs]
-            v = UNARY[op.code](*args) if op.code in UNARY else BINARY[op.code](*args)
+            v = kernel(op)(*args)
             act = fused_activation(op)
             if act not in (None, Act.NONE):
                 lo, hi = ACTIVATION_RANGE[act]
                 v = np.clip(v, lo, hi)
             values[op.outputs[0]] = v
-    return values[ops[-1].outputs[0]]
-
-
-_ERF = np.vectorize(math.erf, otypes=[np.float64])
+    return values
 
 
 def gelu(v: np.ndarray, approximate: bool) -> np.ndarray:

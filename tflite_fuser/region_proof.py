@@ -204,11 +204,14 @@ class _Pair:
         """Both interpreters. Tensors are allocated at the first run, for the
         shapes the original really computed: a converter may declare a shape
         it never computes (onnx2tf writes [1, 1, 1] behind a RESHAPE whose
-        shape is computed), and a region cut there allocates only so."""
+        shape is computed), and a region cut there allocates only so. Original
+        ops the stock interpreter cannot run (a Flex op) are computed by
+        :class:`ElementwiseReference` when numpy can compute every one."""
         self.sides = []
         for label, model in (("the original ops", self.before), ("the rewritten ops", self.after)):
             try:
-                interp = _interpreter(model, cfg.kernels, cfg.num_threads)
+                interp = (model is self.before and ElementwiseReference.of(model)) or \
+                    _interpreter(model, cfg.kernels, cfg.num_threads)
             except (ValueError, RuntimeError) as e:
                 raise_if_out_of_memory(e)
                 self.sides = None
@@ -359,3 +362,85 @@ def _summarise(r: RegionCheck) -> None:
         r.message = (f"{c.name}: shape {c.tolerance}" if c.max_abs_error is None else
                      f"{c.name}: max |a-b| {c.max_abs_error:.3g} beyond {c.tolerance}")
 
+
+
+class ElementwiseReference:
+    """A cut of original ops computed in float64 by numpy, for a region the
+    stock interpreter cannot run: per-element ops and FULLY_CONNECTED (a
+    rewrite may fold what it wrote into the layer after it) only, at least
+    one a custom op numpy knows and the interpreter lacks (onnx2tf's FlexErf:
+    ``elementwise_eval.CUSTOM_UNARY``). It answers the few interpreter calls
+    a region proof makes; the rewritten side still runs in the interpreter,
+    so the proof compares the rewrite with the exact maths of what it
+    replaced."""
+
+    def __init__(self, model):
+        self.sg = model.main
+        self.inputs = list(self.sg.inputs)
+        self.outputs = list(self.sg.outputs)
+        self.values: dict = {}
+
+    @classmethod
+    def of(cls, model_bytes: bytes) -> "ElementwiseReference | None":
+        from .elementwise_eval import CUSTOM_UNARY, evaluable
+        from .reader import load_bytes, parse
+        from .schema import BuiltinOperator as Op
+
+        model = parse(*load_bytes(model_bytes))
+        ops = [op for sg in model.subgraphs for op in sg.operators]
+        if len(model.subgraphs) != 1 or not any(op.code == Op.CUSTOM and op.opcode.custom_code in CUSTOM_UNARY
+                                                 for op in ops):
+            return None
+        plain_fc = [op for op in ops if op.code == Op.FULLY_CONNECTED]
+        if any(getattr(op.options, "weightsFormat", 0) or not all(
+                t is None or t.is_constant for t in op.inputs[1:]) for op in plain_fc):
+            return None
+        return cls(model) if all(evaluable(op) or op in plain_fc for op in ops) else None
+
+    def get_input_details(self) -> list[dict]:
+        return [{"name": t.name, "index": i, "shape": np.array(t.shape), "dtype": np.float32}
+                for i, t in enumerate(self.inputs)]
+
+    def get_output_details(self) -> list[dict]:
+        return [{"name": t.name, "index": i} for i, t in enumerate(self.outputs)]
+
+    def resize_tensor_input(self, index, shape, strict=False) -> None:
+        pass  # per-element: any shape
+
+    def allocate_tensors(self) -> None:
+        pass
+
+    def set_tensor(self, index: int, value) -> None:
+        self.values[self.inputs[index]] = np.asarray(value, np.float64)
+
+    def invoke(self) -> None:
+        from .elementwise_eval import run_ops
+        from .schema import BuiltinOperator as Op
+
+        values = {t: self.values[t] for t in self.inputs}
+        constant = lambda t: np.asarray(t.value(), np.float64)  # noqa: E731
+        for op in self.sg.operators:
+            if op.code == Op.FULLY_CONNECTED:
+                values[op.outputs[0]] = _fully_connected(op, values[op.inputs[0]], constant)
+            else:
+                run_ops([op], values, constant)
+        self.values = values
+
+    def get_tensor(self, index: int) -> np.ndarray:
+        return self.values[self.outputs[index]].astype(np.float32)
+
+
+def _fully_connected(op, x: np.ndarray, constant) -> np.ndarray:
+    """TFLite's FULLY_CONNECTED in float64: rows of the filter's input size
+    times the filter, plus the bias, clamped, in the output tensor's shape."""
+    from .ops import ACTIVATION_RANGE, fused_activation
+    from .schema import ActivationFunctionType as Act
+
+    w = constant(op.inputs[1])
+    y = x.reshape(-1, w.shape[1]) @ w.T
+    if len(op.inputs) > 2 and op.inputs[2] is not None:
+        y = y + constant(op.inputs[2])
+    act = fused_activation(op)
+    if act not in (None, Act.NONE):
+        y = np.clip(y, *ACTIVATION_RANGE[act])
+    return y.reshape(op.outputs[0].shape)

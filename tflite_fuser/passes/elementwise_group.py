@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..elementwise_eval import EVALUABLE
+from ..elementwise_eval import evaluable
 from ..graph import Operator, Subgraph, Tensor
 from ..ops import ACTIVATION_RANGE, fused_activation
 from .base import PassContext
@@ -29,7 +29,7 @@ MAX_OPS = 64
 
 def joinable(sg: Subgraph, op: Operator | None, constant: ConstantTest) -> bool:
     """An op the evaluator computes: per-element, float32, its constants ``constant``."""
-    return (op is not None and op.code in EVALUABLE and len(op.outputs) == 1 and is_float32(op.outputs[0])
+    return (op is not None and evaluable(op) and len(op.outputs) == 1 and is_float32(op.outputs[0])
             and fused_activation(op) in (None, *ACTIVATION_RANGE)
             and all(t is not None and (constant(sg, t) or (not t.is_constant and is_float32(t)))
                     for t in op.inputs))

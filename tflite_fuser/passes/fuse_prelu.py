@@ -76,14 +76,15 @@ class FusePrelu(FusionPass):
     anchors = (Op.ADD, Op.SUB, Op.MAXIMUM, Op.PRELU)
 
     def match(self, ctx: PassContext, sg: Subgraph, last: Operator) -> WrittenPrelu | Skip | None:
+        if last.code != Op.PRELU and (len(last.inputs) != 2 or any(t is None or t.is_constant for t in last.inputs)):
+            return None  # PReLU's last op joins its two slopes' paths: a constant operand ends no PReLU
         y = last.outputs[0] if last.outputs else None
         if not is_float32(y) or not y.shape or int(y.shape[-1]) <= 0:
             return None
         if last.code == Op.PRELU:
             return _one_alpha_prelu(sg, last)
-        if len(last.inputs) != 2 or any(t is None or t.is_constant or _is_channel_constant(sg, t)
-                                        for t in last.inputs):
-            return None  # PReLU's last op joins its two slopes' paths: a constant operand ends no PReLU
+        if any(_is_channel_constant(sg, t) for t in last.inputs):
+            return None  # a float16 constant behind DEQUANTIZE: a constant operand too
         channels = int(y.shape[-1])
 
         def constant(t: Tensor) -> np.ndarray:

@@ -230,3 +230,16 @@ def test_the_gpu_computes_diverse_branch_blocks_wrongly_as_converted_and_right_o
     assert g["coverage_before"]["all_on_gpu"] and g["coverage_after"]["all_on_gpu"]
     assert not g["original_vs_cpu"]["ok"] and g["fused_vs_cpu"]["ok"]
     assert "AVERAGE_POOL_2D" not in report["output"]["op_counts"]
+
+
+def test_a_model_neither_the_cpu_nor_the_gpu_runs_is_checked_on_the_gpu_against_the_fused_model_on_the_cpu(tmp_path):
+    """onnx2tf's FlexErf GELU: neither the CPU interpreter nor the GPU runs the
+    converted model. The CPU proof computes the original ops in numpy (region
+    by region); the GPU's part compares the fused model there with itself on
+    the CPU, instead of failing for want of a reference."""
+    rc, report = _fuse(tmp_path, FIXTURES / "onnx2tf" / "mlp_gelu_erf_tfc.tflite", "--target", "gpu")
+    assert rc == 0 and report["verification"]["ok"]
+    g = report["verification"]["gpu"]
+    assert g["coverage_before"]["error"] and g["coverage_after"]["all_on_gpu"]
+    assert "fused_vs_cpu" not in g and g["fused_vs_fused_on_cpu"]["ok"]
+    assert g["fused_vs_fused_on_cpu"]["max_abs_reference"] > 0

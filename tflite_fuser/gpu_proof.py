@@ -12,7 +12,11 @@ accelerator (:mod:`gpu`):
   wrong on the GPU where the original was right, or further off than the
   original there, fails the proof;
 - when the CPU interpreter cannot run the original at all (a custom op) and
-  the GPU can, original against fused on the GPU is the whole-model proof.
+  the GPU can, original against fused on the GPU is the whole-model proof;
+- when neither can (a Flex op the rewrite replaced: the CPU proof then
+  computed the original ops in numpy, region by region), the fused model on
+  the GPU against the fused model on the CPU: the GPU's own part, checked
+  against what the CPU proof proved.
 
 Coverage before and after (ops on the GPU, on the CPU, each op the delegate
 refused and why) goes into the report.
@@ -25,6 +29,9 @@ from typing import Callable
 from . import gpu
 from .verifier import (Verification, _OriginalDoesNotRun, _first_line, _interpreter, _runnables,
                        _verify_runnables)
+
+
+_NO_REFERENCE = "the reference does not run: "
 
 
 def prove_on_gpu(result: Verification, original, candidate, check: dict,
@@ -60,9 +67,12 @@ def prove_on_gpu(result: Verification, original, candidate, check: dict,
         reference = _runnables(_interpreter(original, "xnnpack", check.get("num_threads")))
     except (ValueError, RuntimeError) as e:
         reference, info["cpu_error"] = None, _first_line(e)
+    fused_vs_cpu = _compare(reference, fused, tol) if reference is not None else None
+    if fused_vs_cpu is not None and fused_vs_cpu.message.startswith(_NO_REFERENCE):
+        reference, info["cpu_error"] = None, fused_vs_cpu.message[len(_NO_REFERENCE):]  # it loads, but does not run
     if reference is None:  # the CPU cannot run it: the GPU gives the whole-model proof
         if orig is None:
-            info["verdict"] = "neither the CPU interpreter nor the GPU runs the original: no whole-model proof there"
+            _fused_against_fused_on_cpu(result, info, candidate, fused, tol, check)
             return
         whole = _compare(orig, fused, tol)
         info["fused_vs_original_on_gpu"] = _summary(whole)
@@ -73,7 +83,6 @@ def prove_on_gpu(result: Verification, original, candidate, check: dict,
         info["verdict"] = ("the whole model was proved on the GPU accelerator (the CPU interpreter cannot run it): "
                            + ("the fused model matches the original" if whole.ok else "MISMATCH"))
         return
-    fused_vs_cpu = _compare(reference, fused, tol)
     info["fused_vs_cpu"] = _summary(fused_vs_cpu)
     orig_vs_cpu = _compare(reference, orig, tol) if orig is not None else None
     info["original_vs_cpu"] = _summary(orig_vs_cpu) if orig_vs_cpu is not None else None
@@ -96,6 +105,25 @@ def prove_on_gpu(result: Verification, original, candidate, check: dict,
         info["verdict"] = "the fused model on the GPU does NOT match the original on the CPU"
         _fail(result, f"on the GPU accelerator the fused model differs from the original on the CPU "
                       f"({fused_vs_cpu.message}), while the original on the GPU matches it")
+
+
+def _fused_against_fused_on_cpu(result: Verification, info: dict, candidate, fused, tol: dict, check: dict) -> None:
+    """Neither the CPU interpreter nor the GPU runs the original: the fused
+    model on the GPU against the fused model on the CPU interpreter."""
+    try:
+        fused_cpu = _runnables(_interpreter(candidate, "xnnpack", check.get("num_threads")))
+    except (ValueError, RuntimeError) as e:
+        info["verdict"] = (f"neither the CPU interpreter nor the GPU runs the original, nor the CPU the fused model "
+                           f"({_first_line(e)}): no GPU proof")
+        return
+    v = _compare(fused_cpu, fused, tol)
+    info["fused_vs_fused_on_cpu"] = _summary(v)
+    result.notes.append("neither the CPU interpreter nor the GPU accelerator runs the original: the fused model on "
+                        "the GPU was checked against the fused model on the CPU (which the CPU proof proved)")
+    if not v.ok:
+        _fail(result, f"on the GPU accelerator the fused model differs from itself on the CPU: {v.message}")
+    info["verdict"] = ("neither the CPU interpreter nor the GPU runs the original: the fused model on the GPU "
+                       + ("matches the fused model on the CPU" if v.ok else "does NOT match the fused model on the CPU"))
 
 
 def _gpu_tolerance(check: dict) -> dict:
@@ -127,7 +155,7 @@ def _compare(ref, new, tol: dict) -> Verification:
     try:
         return _verify_runnables(ref, new, blank, progress=None, **kw)
     except _OriginalDoesNotRun as e:
-        blank.ok, blank.message = False, f"the reference does not run: {e.what}"
+        blank.ok, blank.message = False, f"{_NO_REFERENCE}{e.what}"
         return blank
 
 

@@ -191,7 +191,8 @@ def gpu_lines(g: dict[str, Any], verbose: bool) -> list[str]:
              f"after {coverage_text(g['coverage_after'])}"]
     for what, key in (("fused on the GPU vs original on the CPU", "fused_vs_cpu"),
                       ("original on the GPU vs original on the CPU", "original_vs_cpu"),
-                      ("fused vs original, both on the GPU", "fused_vs_original_on_gpu")):
+                      ("fused vs original, both on the GPU", "fused_vs_original_on_gpu"),
+                      ("fused on the GPU vs fused on the CPU", "fused_vs_fused_on_cpu")):
         c = g.get(key)
         if c:
             lines.append(f"      {what}: {'ok ' if c['ok'] else 'BAD'} max |a-b| {c['max_abs_error']:.3g} on values "

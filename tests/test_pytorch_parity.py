@@ -26,7 +26,7 @@ from tflite_fuser import fuse  # noqa: E402
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 CASES = [e for e in MANIFEST["fixtures"]
          if e.get("parity_required") and e.get("committed", True) and e["module"] in torch_modules.MODULES
-         and e["route"] in ("tf", "naive", "litert_torch") and (FIXTURES / e["file"]).exists()]
+         and e["route"] in ("tf", "naive", "litert_torch", "onnx2tf", "nobuco") and (FIXTURES / e["file"]).exists()]
 
 
 @pytest.mark.parametrize("entry", CASES, ids=lambda e: e["name"])

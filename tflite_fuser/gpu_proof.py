@@ -74,14 +74,12 @@ def prove_on_gpu(result: Verification, original, candidate, check: dict,
         if orig is None:
             _fused_against_fused_on_cpu(result, info, candidate, fused, tol, check)
             return
-        whole = _compare(orig, fused, tol)
-        info["fused_vs_original_on_gpu"] = _summary(whole)
-        result.notes.append("the CPU interpreter cannot run the model, the GPU accelerator can: the whole-model "
-                            "proof was made there, original against fused on the GPU")
-        if not whole.ok:
-            _fail(result, f"on the GPU accelerator the fused model differs from the original: {whole.message}")
-        info["verdict"] = ("the whole model was proved on the GPU accelerator (the CPU interpreter cannot run it): "
-                           + ("the fused model matches the original" if whole.ok else "MISMATCH"))
+        _prove_against(result, info, "fused_vs_original_on_gpu", orig, fused, tol,
+                       "the CPU interpreter cannot run the model, the GPU accelerator can: the whole-model proof was "
+                       "made there, original against fused on the GPU",
+                       "on the GPU accelerator the fused model differs from the original",
+                       ("the whole model was proved on the GPU accelerator (the CPU interpreter cannot run it): ",
+                        "the fused model matches the original", "MISMATCH"))
         return
     info["fused_vs_cpu"] = _summary(fused_vs_cpu)
     orig_vs_cpu = _compare(reference, orig, tol) if orig is not None else None
@@ -116,14 +114,25 @@ def _fused_against_fused_on_cpu(result: Verification, info: dict, candidate, fus
         info["verdict"] = (f"neither the CPU interpreter nor the GPU runs the original, nor the CPU the fused model "
                            f"({_first_line(e)}): no GPU proof")
         return
-    v = _compare(fused_cpu, fused, tol)
-    info["fused_vs_fused_on_cpu"] = _summary(v)
-    result.notes.append("neither the CPU interpreter nor the GPU accelerator runs the original: the fused model on "
-                        "the GPU was checked against the fused model on the CPU (which the CPU proof proved)")
+    _prove_against(result, info, "fused_vs_fused_on_cpu", fused_cpu, fused, tol,
+                   "neither the CPU interpreter nor the GPU accelerator runs the original: the fused model on the GPU "
+                   "was checked against the fused model on the CPU (which the CPU proof proved)",
+                   "on the GPU accelerator the fused model differs from itself on the CPU",
+                   ("neither the CPU interpreter nor the GPU runs the original: the fused model on the GPU ",
+                    "matches the fused model on the CPU", "does NOT match the fused model on the CPU"))
+
+
+def _prove_against(result: Verification, info: dict, key: str, reference, fused, tol: dict, note: str,
+                   differs: str, verdict: tuple[str, str, str]) -> None:
+    """The GPU proof against a stand-in reference, where the original cannot
+    be run on the CPU: compared, recorded under ``key``, noted, failed if it
+    differs; ``verdict`` is (what was proved, if it matches, if not)."""
+    v = _compare(reference, fused, tol)
+    info[key] = _summary(v)
+    result.notes.append(note)
     if not v.ok:
-        _fail(result, f"on the GPU accelerator the fused model differs from itself on the CPU: {v.message}")
-    info["verdict"] = ("neither the CPU interpreter nor the GPU runs the original: the fused model on the GPU "
-                       + ("matches the fused model on the CPU" if v.ok else "does NOT match the fused model on the CPU"))
+        _fail(result, f"{differs}: {v.message}")
+    info["verdict"] = verdict[0] + (verdict[1] if v.ok else verdict[2])
 
 
 def _gpu_tolerance(check: dict) -> dict:

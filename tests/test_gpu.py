@@ -243,3 +243,16 @@ def test_a_model_neither_the_cpu_nor_the_gpu_runs_is_checked_on_the_gpu_against_
     assert g["coverage_before"]["error"] and g["coverage_after"]["all_on_gpu"]
     assert "fused_vs_cpu" not in g and g["fused_vs_fused_on_cpu"]["ok"]
     assert g["fused_vs_fused_on_cpu"]["max_abs_reference"] > 0
+
+
+def test_the_gpu_computes_nobucos_written_out_normalisation_wrongly_and_right_once_merged(tmp_path):
+    """nobuco's ``((x + 1) / 2 - mean) / std`` ahead of a MIRROR_PAD: LiteRT's
+    GPU delegate on SwiftShader is off by 2.3 on outputs up to 1.7 (each op
+    alone it computes right, measured); the merged MUL and ADD it computes
+    right, with only merge-constant-chain run."""
+    rc, report = _fuse(tmp_path, FIXTURES / "nobuco" / "reflect_stem.tflite", "--target", "gpu",
+                       "--passes", "merge-constant-chain")
+    assert rc == 0
+    g = report["verification"]["gpu"]
+    assert g["coverage_before"]["all_on_gpu"] and g["coverage_after"]["all_on_gpu"]
+    assert not g["original_vs_cpu"]["ok"] and g["fused_vs_cpu"]["ok"]

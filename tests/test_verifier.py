@@ -105,9 +105,9 @@ def test_a_model_no_kernel_set_runs_is_left_as_it_is_naming_why(tmp_path, capsys
     from tflite_fuser.cli import main
 
     src = FIXTURES / "onnx2tf" / "resnext_dgc_fp16.tflite"
-    # The classifier head's RESHAPE before FULLY_CONNECTED goes by a rewrite whose two ops do run alone
-    # (so its region proves it); this test is about the rewrites no kernel set can prove.
-    rc = main([str(src), str(tmp_path / "out.tflite"), "--disable", "drop-reshape-before-fc"])
+    # The classifier head's RESHAPE after MEAN, before FULLY_CONNECTED goes by a rewrite whose ops do run
+    # alone (so its region proves it); this test is about the rewrites no kernel set can prove.
+    rc = main([str(src), str(tmp_path / "out.tflite"), "--disable", "drop-reshape-before-fc,drop-reshape-after-reduce"])
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert rc == 0 and len(err) == 3 and all(line.startswith("tflite-fuse: warning: reverted") for line in err)

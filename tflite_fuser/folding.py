@@ -40,23 +40,27 @@ class FoldError(ValueError):
 # ------------------------------------------------------------ per-channel constants
 
 
-def channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray:
+def channel_vector(value: np.ndarray, channels: int, rank: int, axis: int = -1) -> np.ndarray:
     """``value`` (a constant operand next to a tensor of rank ``rank`` whose
-    last axis has ``channels`` entries) as a float64 vector of ``channels``.
+    axis ``axis``, the last by default, has ``channels`` entries) as a float64
+    vector of ``channels``.
 
-    Only shapes that broadcast along the channel axis alone qualify: ``[]``,
-    ``[1]``, ``[C]``, ``[1, C]``, ``[1, 1, 1, C]`` ... of rank <= ``rank``.
+    Only shapes that broadcast along that axis alone qualify: for the last
+    axis ``[]``, ``[1]``, ``[C]``, ``[1, C]``, ``[1, 1, 1, C]`` ... of rank
+    <= ``rank``; for axis 1 of rank 4, ``[1, C, 1, 1]`` or ``[C, 1, 1]``.
     A constant that varies over batch or space cannot move into weights, and
     one of higher rank would change the result's shape.
     """
     v = np.asarray(value)
     if v.ndim > rank:
         raise FoldError(f"constant of shape {list(v.shape)} has higher rank than the tensor (rank {rank})")
-    if any(d != 1 for d in v.shape[:-1]):
+    axis = axis % rank if rank else 0
+    padded = (1,) * (rank - v.ndim) + v.shape
+    if any(d != 1 for i, d in enumerate(padded) if i != axis):
         raise FoldError(f"constant of shape {list(v.shape)} varies over more than the channel axis")
-    if v.ndim == 0 or v.shape[-1] == 1:
+    if v.size == 1:
         return np.full(channels, float(v.reshape(-1)[0]), np.float64)
-    if v.shape[-1] != channels:
+    if padded[axis] != channels:
         raise FoldError(f"constant of shape {list(v.shape)} does not match {channels} channels")
     return np.asarray(v.reshape(-1), np.float64)
 

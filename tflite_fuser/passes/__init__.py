@@ -24,6 +24,7 @@ from .densify_constants import DensifyConstants
 from .dequantize_weights import DequantizeWeights
 from .drop_identities import DropIdentities
 from .drop_layout_island import DropLayoutIsland
+from .drop_reshape_after_reduce import DropReshapeAfterReduce
 from .drop_reshape_before_fc import DropReshapeBeforeFc
 from .fold_affine import FoldAffine
 from .fold_concat_affine import FoldConcatAffine
@@ -39,6 +40,7 @@ from .fuse_split_conv import FuseSplitConv
 from .lower_relu_0_to_1 import LowerRelu0To1
 from .lower_transpose_rank import LowerTransposeRank
 from .merge_clamps import MergeClamps
+from .merge_constant_chain import MergeConstantChain
 from .merge_layout_pairs import MergeLayoutPairs
 from .merge_parallel_convs import MergeParallelConvs
 from .merge_sibling_fcs import MergeSiblingFcs
@@ -77,12 +79,15 @@ PASS_CLASSES: list[type[FusionPass]] = [
     # After the merges, which read slices of either kind as the pieces of a split.
     StridedSliceToSlice,
     DropReshapeBeforeFc,
+    DropReshapeAfterReduce,
     DropLayoutIsland,
     # Clean-up of what converters and the passes above leave: exact for every type.
     CollapseLayoutChain,
     MergeLayoutPairs,
     DropIdentities,
     FoldConstants,
+    # Last: a chain any fold above can take goes into weights instead (no op left at all).
+    MergeConstantChain,
 ]
 
 

@@ -59,8 +59,9 @@ class Chain:
 
 
 def walk_chain(ctx: PassContext, sg: Subgraph, y: Tensor, channels: int,
-               candidates: list[Operator] | None = None) -> Chain:
-    """The affine chain that reads ``y`` (``channels`` wide on its last axis).
+               candidates: list[Operator] | None = None, axis: int = -1) -> Chain:
+    """The affine chain that reads ``y`` (``channels`` wide on its last axis,
+    or on ``axis``).
 
     Each op joins when ``y`` (or the previous op's output) is read by it alone
     and no one outside observes it, its output is float32 of the same shape,
@@ -74,7 +75,7 @@ def walk_chain(ctx: PassContext, sg: Subgraph, y: Tensor, channels: int,
     while candidates:
         nxt = candidates[0]
         try:
-            step, act = _step(ctx, sg, cur, nxt, channels)
+            step, act = affine_step(ctx, sg, cur, nxt, channels, axis=axis)
             chain.scale, chain.shift = folding.compose(chain.scale, chain.shift, *step)
         except FoldError as e:
             chain.skips.append(Skip(str(e), *candidates))
@@ -88,11 +89,13 @@ def walk_chain(ctx: PassContext, sg: Subgraph, y: Tensor, channels: int,
     return chain
 
 
-def _step(ctx: PassContext, sg: Subgraph, cur: Tensor, nxt: Operator, channels: int):
+def affine_step(ctx: PassContext, sg: Subgraph, cur: Tensor, nxt: Operator, channels: int,
+                removes_input: bool = True, axis: int = -1):
     """The composed step ``(op, c, const_first)`` for ``nxt`` reading ``cur``
     and the activation ``nxt`` carries; FoldError with the reason when
-    ``nxt`` cannot join the chain."""
-    why = why_not_removable(ctx.model, sg, cur, nxt)
+    ``nxt`` cannot join the chain (``cur`` need not be removable when it is
+    the chain's own input, which stays: ``removes_input`` False)."""
+    why = why_not_removable(ctx.model, sg, cur, nxt) if removes_input else None
     if why:
         raise FoldError(why)
     out = nxt.outputs[0]
@@ -110,7 +113,7 @@ def _step(ctx: PassContext, sg: Subgraph, cur: Tensor, nxt: Operator, channels: 
         raise FoldError(f"the constant operand of {op_name(nxt.code)}: {const}")
     if out.shape != cur.shape:
         raise FoldError(f"the constant broadcasts {list(cur.shape)} to {list(out.shape)}")
-    vec = folding.channel_vector(const.float64(), channels, len(cur.shape))
+    vec = folding.channel_vector(const.float64(), channels, len(cur.shape), axis)
     return (traits(nxt.code).affine, vec, nxt.inputs[0] is not cur), a
 
 

@@ -321,3 +321,15 @@ def test_the_runtime_says_nothing_on_the_users_stderr(tmp_path, extra):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert "verification: PASS" in proc.stdout
+
+
+def test_repeated_disable_options_add_up(tmp_path):
+    """``--disable a --disable b`` leaves out both, as ``--disable a,b`` does
+    (the second used to replace the first)."""
+    out = tmp_path / "o.tflite"
+    from conftest import FIXTURES
+
+    rc = main([str(FIXTURES / "nobuco" / "bnneck.tflite"), str(out), "--report", str(tmp_path / "r.json"),
+               "--disable", "drop-reshape-after-reduce", "--disable", "fold-pad"])
+    assert rc == 0
+    assert json.loads((tmp_path / "r.json").read_text())["nothing_to_fuse"]

@@ -77,9 +77,10 @@ def _fuse_parser() -> argparse.ArgumentParser:
                        f"{t.name}: {t.summary}" for t in TARGETS.values()) + f" (default {DEFAULT_TARGET})")
     g.add_argument("--passes", default="all", metavar="LIST",
                    help="comma-separated passes to run, 'all' (default) or 'none' (a verified round trip)")
-    g.add_argument("--disable", default="", metavar="LIST", help="comma-separated passes not to run")
-    g.add_argument("--enable", default="", metavar="LIST",
-                   help="comma-separated passes that are off by default to run too (marked so below)")
+    g.add_argument("--disable", action="append", default=[], metavar="LIST",
+                   help="comma-separated passes not to run (repeatable)")
+    g.add_argument("--enable", action="append", default=[], metavar="LIST",
+                   help="comma-separated passes that are off by default to run too (marked so below; repeatable)")
     g.add_argument("--fp16-weights", choices=FP16_MODES, default="keep",
                    help="float16 weights behind DEQUANTIZE: fold and round back to float16, same file size, "
                         "verified on the float16 grid (keep, default); fold only where float16 holds the "
@@ -198,8 +199,10 @@ def _silence_stdout() -> None:
         pass
 
 
-def _csv(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
+def _csv(s: str | list[str]) -> list[str]:
+    """Names from a comma-separated list, or from each of repeated options."""
+    parts = s if isinstance(s, list) else [s]
+    return [x.strip() for part in parts for x in part.split(",") if x.strip()]
 
 
 def _parse_range(s: str) -> tuple[float, float]:

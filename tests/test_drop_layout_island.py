@@ -87,3 +87,52 @@ def test_onnx2tfs_default_backend_reaches_its_tf_converter_twin():
     assert default.report["input"]["operators"] > twin.report["input"]["operators"]
     assert default.model.num_operators() <= twin.report["input"]["operators"]
     assert default.model.num_operators() == twin.model.num_operators()
+
+
+def _head(exit_kind: str, c=8, hw=4) -> bytes:
+    """onnx2tf's classifier head: conv (NHWC) -> TRANSPOSE to NCHW -> an
+    activation -> then ``exit_kind``: MEAN(2, 3, keep_dims) -> FULLY_CONNECTED
+    ("fc"), MEAN(2, 3) without keep_dims ("mean"), a flattening RESHAPE of the
+    pooled tensor ("reshape"), or a flattening FULLY_CONNECTED of the whole
+    NCHW map, whose memory order the layout changes ("fc-map")."""
+    b = ModelBuilder()
+    x = b.input("x", [1, hw, hw, c])
+    y = b.conv2d(x, R.standard_normal((c, 3, 3, c)).astype(np.float32))
+    t = b.transpose(y, [0, 3, 1, 2])
+    h = b.op(Op.LEAKY_RELU, [t], [t.shape], fb.LeakyReluOptionsT(alpha=0.1), BuiltinOptions.LeakyReluOptions)[0]
+    w = R.standard_normal((3, c)).astype(np.float32)
+    if exit_kind == "fc":
+        out = b.fully_connected(_mean(b, h, [2, 3]), w, np.zeros(3, np.float32))
+    elif exit_kind == "mean":
+        out = b.op(Op.MEAN, [h, np.array([2, 3], np.int32)], [[1, c]], fb.ReducerOptionsT(keepDims=False),
+                   BuiltinOptions.ReducerOptions)[0]
+    elif exit_kind == "reshape":
+        out = b.reshape(_mean(b, h, [2, 3]), [1, c])
+    else:
+        out = b.fully_connected(h, R.standard_normal((3, c * hw * hw)).astype(np.float32), np.zeros(3, np.float32))
+    b.output(out)
+    return b.to_bytes()
+
+
+@pytest.mark.parametrize("exit_kind", ["fc", "mean", "reshape"])
+def test_a_head_whose_pooled_output_has_no_layout_runs_in_nhwc_without_its_transpose(exit_kind):
+    r = fuse_and_check(_head(exit_kind))
+    assert "TRANSPOSE" not in op_counts(r)
+    assert r.verification.max_abs_error < 1e-5
+    (mean,) = [op for op in r.model.main.operators if op.code == Op.MEAN]
+    assert mean.inputs[1].value().tolist() == [1, 2]
+
+
+def test_a_flattening_reader_of_a_map_whose_memory_order_the_layout_changes_keeps_the_transpose():
+    r = fuse_and_check(_head("fc-map"))
+    assert op_counts(r)["TRANSPOSE"] == 1
+    assert any("FULLY_CONNECTED is not an op that runs the same in NHWC" in s for s in reasons(r, PASS))
+
+
+@pytest.mark.parametrize("name,before", [("onnx2tf/prelu", 13), ("onnx2tf/timm_efficientnet", 156)])
+def test_onnx2tfs_classifier_heads_lose_their_last_transpose(name, before):
+    """conv -> TRANSPOSE to NCHW -> activation -> MEAN(keep_dims) [1, C, 1, 1]
+    -> FULLY_CONNECTED: the FULLY_CONNECTED reads the same bytes either way."""
+    r = fuse_and_check((FIXTURES / f"{name}.tflite").read_bytes(), runs=1)
+    assert r.report["input"]["operators"] == before
+    assert "TRANSPOSE" not in op_counts(r)

@@ -78,14 +78,15 @@ def test_for_the_gpu_only_a_reshape_with_nothing_to_flatten_goes():
     assert op_counts(fuse_and_check(_head(), target="gpu")) == {"FULLY_CONNECTED": 1}
 
 
-def test_onnx2tfs_timm_efficientnet_has_nothing_left_but_its_flatten():
+def test_onnx2tfs_timm_efficientnet_has_nothing_left_but_its_flatten_and_its_heads_transpose():
     """timm's EfficientNet-B0 through onnx2tf 2.6: batch norms folded, squeeze-
     excite in NHWC, no layout islands. What stays is SiLU as LOGISTIC + MUL
     (41 of each: TFLite has no SiLU op to write) and PyTorch's stride-2
-    padding as PAD + VALID conv; the RESHAPE before the classifier goes."""
+    padding as PAD + VALID conv; the RESHAPE before the classifier goes, and
+    the TRANSPOSE to NCHW before its pooling (drop-layout-island)."""
     src = FIXTURES / "onnx2tf" / "timm_efficientnet.tflite"
     r = fuse_and_check(src.read_bytes(), runs=1)
     before = MANIFEST["onnx2tf/timm_efficientnet"]["op_counts"]
     after = dict(op_counts(r))
-    assert before.pop("RESHAPE") == 1 and after == before
+    assert before.pop("RESHAPE") == 1 and before.pop("TRANSPOSE") == 1 and after == before
     assert after["LOGISTIC"] == after["MUL"] == 41

@@ -19,12 +19,24 @@ rewritten in NHWC: the way in (the TRANSPOSE, or a RESHAPE that only moves
 size-1 axes, which is a transpose of them) and the ways out disappear, and
 each island tensor takes the NHWC shape. Data movement only changes: exact.
 
+Two more ways out need no TRANSPOSE back, since what they compute does not
+depend on the layout (onnx2tf's classifier heads: ``conv -> TRANSPOSE ->
+activation -> MEAN(keep_dims) [1, C, 1, 1] -> FULLY_CONNECTED``):
+
+- an op that reads the island tensor as flat memory (a FULLY_CONNECTED
+  without ``keep_num_dims``, a RESHAPE to any shape) where the tensor's
+  non-1 axes keep their order under the permutation, so both layouts hold
+  the same bytes in the same order: it reads the NHWC tensor instead;
+- a MEAN without ``keep_dims`` whose remaining axes keep their order: it
+  reduces the NHWC tensor over the remapped axes, to the very same output.
+
 Preconditions: every tensor reached from the entry TRANSPOSE is rank 4 and
 read only by island ops or ways out; the island ops are unary elementwise or
 activations, binary elementwise with island or constant operands (or operands
 that enter through a size-1 RESHAPE), or MEAN with constant axes and
 keep_dims; no island tensor is a model output; every way out gives back the
-NHWC tensor (the inverse TRANSPOSE, or the RESHAPE to the NHWC shape).
+NHWC tensor (the inverse TRANSPOSE, or the RESHAPE to the NHWC shape), or
+computes what it computes from it in NHWC as above.
 """
 
 from __future__ import annotations
@@ -54,6 +66,40 @@ def _perm(op: Operator) -> list[int] | None:
     return None if p is None or p.size != 4 else [int(v) % 4 for v in p.reshape(-1)]
 
 
+def _same_memory(shape: list[int], perm: list[int]) -> bool:
+    """An NCHW tensor of ``shape`` and its NHWC twin (``perm``: NHWC -> NCHW)
+    hold the same elements in the same order: their non-1 axes keep their
+    order (NCHW axis ``a`` is NHWC's ``perm[a]``)."""
+    moved = [perm[a] for a, d in enumerate(shape) if d != 1]
+    return moved == sorted(moved)
+
+
+def _reads_layout_free(u: Operator, t: Tensor, perm: list[int]) -> bool:
+    """Whether ``u`` computes the same from the NHWC twin of its island
+    input ``t`` (with its axes remapped where it has any): a flat reader of
+    a tensor whose layouts share their memory, or a MEAN without keep_dims
+    whose remaining axes keep their order."""
+    if u.inputs[:1] != [t] or u.inputs.count(t) != 1 or len(u.outputs) != 1:
+        return False
+    if u.code == Op.FULLY_CONNECTED:
+        return u.options is not None and not u.options.keepNumDims and _same_memory(list(t.shape), perm)
+    if u.code == Op.RESHAPE:
+        return _same_memory(list(t.shape), perm)
+    if u.code == Op.MEAN and u.options is not None and not u.options.keepDims:
+        axes = u.inputs[1].value() if len(u.inputs) > 1 and u.inputs[1] is not None else None
+        if axes is None:
+            return False
+        kept = [perm[a] for a in range(4) if a not in {int(v) % 4 for v in axes.reshape(-1)}]
+        return kept == sorted(kept)
+    return False
+
+
+def _nhwc_axes(model, sg: Subgraph, op: Operator, perm: list[int]) -> Tensor:
+    """A MEAN's constant axes, NCHW, as the NHWC axes (NCHW axis a is NHWC's perm[a])."""
+    axes = sorted(perm[int(a) % 4] for a in op.inputs[1].value().reshape(-1))
+    return model.new_constant(sg, f"{op.outputs[0].name}/axes", np.array(axes, np.int32), TensorType.INT32)
+
+
 def _moves_size_1_axes(src: list[int], dst: list[int], perm: list[int]) -> bool:
     """``dst`` is ``src`` transposed by ``perm`` (a RESHAPE between them moves
     only size-1 axes, so it is that transpose)."""
@@ -77,7 +123,7 @@ class DropLayoutIsland(FusionPass):
         if isinstance(found, str):
             return None if found == "" else Skip(f"a TRANSPOSE into an NCHW island, but {found}", op)
         ops, entries, exits = found
-        if not exits or not ops:
+        if not exits or not (ops or any(_stays(e, inv) for e in exits)):
             return None
         return Island(op, perm, ops, entries, exits)
 
@@ -107,12 +153,16 @@ class DropLayoutIsland(FusionPass):
                 else:
                     ins.append(t)
             if op.code == Op.MEAN:
-                axes = [m.perm[int(a) % 4] for a in op.inputs[1].value().reshape(-1)]  # NCHW axis a is NHWC's perm[a]
-                ins[1] = model.new_constant(sg, f"{op.outputs[0].name}/axes", np.array(sorted(axes), np.int32),
-                                            TensorType.INT32)
+                ins[1] = _nhwc_axes(model, sg, op, m.perm)
             sg.replace([op], clone_op(op, inputs=ins, outputs=[nhwc(t) for t in op.outputs]))
         for e in m.exits:
             out, src = e.outputs[0], new[id(e.inputs[0])]
+            if _stays(e, inv):  # computes the same from the NHWC tensor
+                ins = [src, *e.inputs[1:]]
+                if e.code == Op.MEAN:
+                    ins[1] = _nhwc_axes(model, sg, e, m.perm)
+                sg.replace([e], clone_op(e, inputs=ins))
+                continue
             for user in sg.consumers(out):
                 sg.replace([user], clone_op(user, inputs=[src if t is out else t for t in user.inputs]))
             sg.remove_operator(e)
@@ -190,13 +240,26 @@ def _walk(ctx: PassContext, sg: Subgraph, entry: Operator, perm: list[int], inv:
             if u.code == Op.RESHAPE and _moves_size_1_axes(list(t.shape), list(u.outputs[0].shape), inv):
                 exits[id(u)] = u
                 continue
+            if _reads_layout_free(u, t, perm):
+                exits[id(u)] = u
+                continue
             why = take(u)
             if why is not None:
                 return why if ops or exits else ""
-    if any(model.is_observed(sg, e.outputs[0]) for e in exits.values()):
+    if any(model.is_observed(sg, e.outputs[0]) for e in exits.values() if not _stays(e, inv)):
         return "a way out is a model output"
     order = {id(o): i for i, o in enumerate(sg.operators)}
     return (sorted(ops.values(), key=lambda o: order[id(o)]), list(entries.values()), list(exits.values()))
+
+
+def _stays(e: Operator, inv: list[int]) -> bool:
+    """A way out that stays, reading the NHWC tensor (not a TRANSPOSE back,
+    nor a RESHAPE to the NHWC shape, which go)."""
+    if e.code == Op.TRANSPOSE:
+        return False
+    if e.code == Op.RESHAPE:
+        return not _moves_size_1_axes(list(e.inputs[0].shape), list(e.outputs[0].shape), inv)
+    return True
 
 
 def _runs_in_nhwc(u: Operator) -> str | None:

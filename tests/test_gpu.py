@@ -256,3 +256,14 @@ def test_the_gpu_computes_nobucos_written_out_normalisation_wrongly_and_right_on
     g = report["verification"]["gpu"]
     assert g["coverage_before"]["all_on_gpu"] and g["coverage_after"]["all_on_gpu"]
     assert not g["original_vs_cpu"]["ok"] and g["fused_vs_cpu"]["ok"]
+
+
+def test_litert_torchs_written_out_elus_run_on_the_gpu_as_elu_and_match(tmp_path):
+    """litert-torch's ELU as EXP, SUB, GREATER_EQUAL, SELECT in NCHW islands:
+    all on the GPU before, and after --target gpu as 3 ELUs without the
+    islands' transposes, matching the original on the CPU."""
+    rc, report = _fuse(tmp_path, FIXTURES / "litert_torch" / "elu_net.tflite", "--target", "gpu")
+    assert rc == 0
+    g = report["verification"]["gpu"]
+    assert g["coverage_before"]["all_on_gpu"] and g["coverage_after"]["all_on_gpu"]
+    assert g["fused_vs_cpu"]["ok"] and report["output"]["op_counts"]["ELU"] == 3

@@ -47,8 +47,17 @@ BINARY = {
     Op.MINIMUM: np.minimum,
     Op.POW: np.power,
     Op.SQUARED_DIFFERENCE: lambda a, b: np.square(a - b),
+    # Comparisons give BOOL, which a SELECT reads (litert-torch writes ELU as
+    # SELECT(x >= 0, x, EXP(x) - 1)).
+    Op.GREATER: np.greater,
+    Op.GREATER_EQUAL: np.greater_equal,
+    Op.LESS: np.less,
+    Op.LESS_EQUAL: np.less_equal,
 }
-EVALUABLE = frozenset(UNARY) | frozenset(BINARY)
+TERNARY = {Op.SELECT: np.where, Op.SELECT_V2: np.where}
+#: ops whose output is BOOL (a condition), not a number
+COMPARISONS = frozenset({Op.GREATER, Op.GREATER_EQUAL, Op.LESS, Op.LESS_EQUAL})
+EVALUABLE = frozenset(UNARY) | frozenset(BINARY) | frozenset(TERNARY)
 
 _ERF = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -64,6 +73,8 @@ def kernel(op: Operator):
         return UNARY[op.code]
     if op.code in BINARY:
         return BINARY[op.code]
+    if op.code in TERNARY:
+        return TERNARY[op.code]
     return CUSTOM_UNARY.get(op.opcode.custom_code) if op.code == Op.CUSTOM else None
 
 
@@ -91,6 +102,11 @@ def run_ops(ops: list[Operator], values: dict, constant) -> dict:
                 v = np.clip(v, lo, hi)
             values[op.outputs[0]] = v
     return values
+
+
+def elu(v: np.ndarray) -> np.ndarray:
+    """ELU as TFLite's kernel defines it (alpha 1): ``x`` above 0, ``exp(x) - 1`` below."""
+    return np.where(v > 0, v, np.expm1(np.minimum(v, 0.0)))
 
 
 def gelu(v: np.ndarray, approximate: bool) -> np.ndarray:

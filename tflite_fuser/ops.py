@@ -102,6 +102,9 @@ TRAITS: dict[int, Traits] = {
     **{code: Traits(UNARY) for code in (Op.HARD_SWISH, Op.LOGISTIC, Op.TANH, Op.ABS, Op.NEG,
                                         Op.EXP, Op.SQRT, Op.RSQRT, Op.SQUARE, Op.LEAKY_RELU, Op.ELU, Op.GELU)},
     **{code: Traits(ELEMENTWISE) for code in (Op.SQUARED_DIFFERENCE, Op.POW)},
+    # Comparisons (BOOL out) and the SELECTs that read them: per element too.
+    **{code: Traits(ELEMENTWISE) for code in (Op.GREATER, Op.GREATER_EQUAL, Op.LESS, Op.LESS_EQUAL, Op.SELECT,
+                                              Op.SELECT_V2)},
     Op.SPLIT: Traits(SLICING, data=1),
     Op.SPLIT_V: Traits(SLICING),
     Op.SLICE: Traits(SLICING),

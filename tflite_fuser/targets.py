@@ -22,7 +22,11 @@ Measured here (LiteRT 2.3, one thread; ``benchmarks/fixtures_bench.py``):
   a MINIMUM: 1.02x on the built-in kernels, 0.96x under XNNPACK (nobuco's
   MobileNetV3);
 - TFLite Micro loads no CONCATENATION of more than 10 inputs, and has no
-  kernel for float16 DEQUANTIZE, RELU_0_TO_1, DENSIFY or GELU.
+  kernel for float16 DEQUANTIZE, RELU_0_TO_1, DENSIFY or GELU;
+- ELU as one op, next to its written-out form (EXP, SUB, GREATER_EQUAL,
+  SELECT) in NHWC: 1.41x against 1.06x under XNNPACK, 0.88x against 1.07x on
+  the built-in kernels, whose ELU is a scalar ``expm1`` loop (litert-torch's
+  ``elu_net``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ QUANTIZED_STRIDED_POINTWISE = "quantized 1x1 CONV_2D with stride > 1, computed r
 MERGE_GROUPED = "merge-grouped"
 #: a clamp to [0, 1] as one RELU_0_TO_1 rather than RELU + MINIMUM
 CLAMP_AS_RELU_0_TO_1 = "clamp-as-relu-0-to-1"
+#: ELU as the one builtin ELU rather than EXP, SUB, a comparison and SELECT
+ELU_AS_ONE_OP = "elu-as-one-op"
 
 #: a FULLY_CONNECTED that reads a rank-4 input with more than one non-1 axis as
 #: rows of its input size (LiteRT's GPU delegate computes that wrongly: measured
@@ -102,6 +108,10 @@ _INT8_GROUPED = (TensorType.INT8, "grouped")
 _GROUPED_SLOWER = (False, "a grouped CONV_2D measured 0.61-0.72x the speed of its split form on the built-in "
                           "kernels (ResNeXt, RegNetX)")
 _GROUPED_FASTER = (True, "a grouped CONV_2D measured 1.06-1.5x faster than its split form under XNNPACK")
+_ELU_FASTER = (True, "ELU measured 1.41x the original under XNNPACK, its written-out form in NHWC 1.06x "
+                     "(litert-torch elu_net)")
+_ELU_SLOWER = (False, "the built-in ELU kernel measured 0.88x the original, its written-out form in NHWC "
+                      "1.07x (litert-torch elu_net)")
 _RELU01_FASTER = (True, "RELU_0_TO_1 measured 1.02x the speed of RELU (fused) + MINIMUM on the built-in "
                         "kernels (nobuco MobileNetV3's 5 squeeze-excite gates)")
 _RELU01_SLOWER = (False, "RELU_0_TO_1 measured 0.96x the speed of RELU (fused) + MINIMUM under XNNPACK "
@@ -109,9 +119,11 @@ _RELU01_SLOWER = (False, "RELU_0_TO_1 measured 0.96x the speed of RELU (fused) +
 
 TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("xnnpack", "LiteRT's CPU path with the XNNPACK delegate (its default)", "xnnpack",
-           prefers={MERGE_GROUPED: _GROUPED_FASTER, CLAMP_AS_RELU_0_TO_1: _RELU01_SLOWER}, exact_quantized=frozenset({_INT8_DW, _INT8_GROUPED})),
+           prefers={MERGE_GROUPED: _GROUPED_FASTER, CLAMP_AS_RELU_0_TO_1: _RELU01_SLOWER, ELU_AS_ONE_OP: _ELU_FASTER},
+           exact_quantized=frozenset({_INT8_DW, _INT8_GROUPED})),
     Target("builtin", "LiteRT's own CPU kernels, without a delegate (and runtimes built on them)", "builtin",
-           prefers={MERGE_GROUPED: _GROUPED_SLOWER, CLAMP_AS_RELU_0_TO_1: _RELU01_FASTER}, exact_quantized=frozenset({_INT8_DW})),
+           prefers={MERGE_GROUPED: _GROUPED_SLOWER, CLAMP_AS_RELU_0_TO_1: _RELU01_FASTER, ELU_AS_ONE_OP: _ELU_SLOWER},
+           exact_quantized=frozenset({_INT8_DW})),
     Target("gpu", "LiteRT's GPU accelerator (grouped CONV_2D runs; rank 5, RELU_0_TO_1 and DENSIFY do not)",
            "gpu", supports=frozenset({GROUPED_CONV, FLOAT16_DEQUANTIZE, GELU}),
            prefers={MERGE_GROUPED: (True, "the GPU accelerator runs a grouped CONV_2D (fewer dispatches; "
@@ -125,7 +137,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            prefers={MERGE_GROUPED: (False, "a grouped CONV_2D is slower than its split form on the built-in "
                                            "kernels (0.61-0.72x), faster under XNNPACK"),
                     CLAMP_AS_RELU_0_TO_1: (False, "RELU_0_TO_1 is faster on the built-in kernels, slower under "
-                                                  "XNNPACK, and missing on the GPU and TFLite Micro")},
+                                                  "XNNPACK, and missing on the GPU and TFLite Micro"),
+                    ELU_AS_ONE_OP: (False, "ELU is faster under XNNPACK, slower on the built-in kernels")},
            exact_quantized=frozenset({_INT8_DW})),
 ]}
 

@@ -380,9 +380,14 @@ def _micro_agreement(model, tflm, kernels: str, check: dict) -> Verification:
     """``model`` in TFLM (``tflm``, its runnables) against LiteRT's ``kernels``,
     main subgraph in both (TFLM has no signature runner): inputs and outputs
     by position."""
-    litert = [_Runnable(_interpreter(model, kernels, check["num_threads"]), None)]
     template = Verification(ok=True, runs=0, atol=check["atol"], rtol=check["rtol"], seed=check["seed"],
                             kernels=kernels)
+    try:
+        litert = [_Runnable(_interpreter(model, kernels, check["num_threads"]), None)]
+    except (ValueError, RuntimeError) as e:
+        raise_if_out_of_memory(e)
+        template.ok, template.message = False, f"the {KERNEL_NAMES[kernels]} do not load it: {_first_line(e)}"
+        return template
     return _verify_runnables(litert, tflm, template, by_position=True, **check)
 
 
@@ -392,6 +397,9 @@ def _verify_beside_micro(original, candidate, fused, check: dict, why: str, orig
     from them: the closest stand-in for TFLM running the original), and the
     fused model in TFLM compared with LiteRT's run of it."""
     result = _verify_cpu(original, candidate, "reference", check)
+    if not result.ok:  # not proved (the rewritten model may not even load there): nothing to compare TFLM with
+        result.notes.append(f"{why}; the rewrite was to be proved with the {KERNEL_NAMES[result.kernels]}")
+        return result
     agree = _micro_agreement(candidate, fused, result.kernels, check)
     result.micro = {"original_loads": not original_error, "original_error": original_error,
                     "arena_bytes_before": arena_before, "arena_bytes_after": fused[0].arena_bytes,

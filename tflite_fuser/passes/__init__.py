@@ -33,6 +33,7 @@ from .fold_input_affine import FoldInputAffine
 from .fold_pad import FoldPadIntoConv
 from .fuse_activation import FuseActivation
 from .fuse_dilated_conv import FuseDilatedConv
+from .fuse_elu import FuseElu
 from .fuse_gelu import FuseGelu
 from .fuse_hard_swish import FuseHardSwish
 from .fuse_prelu import FusePrelu
@@ -59,6 +60,7 @@ PASS_CLASSES: list[type[FusionPass]] = [
     # Written-out activations become one op before the folds look at their pieces.
     FuseHardSwish,
     FuseGelu,
+    FuseElu,
     FusePrelu,
     FuseDilatedConv,
     BatchMatmulToFc,

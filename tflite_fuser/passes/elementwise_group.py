@@ -11,13 +11,17 @@ vector for PReLU); everything else here is the same for every activation.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
-from ..elementwise_eval import evaluable
+import numpy as np
+
+from ..elementwise_eval import COMPARISONS, PROBE, evaluable, evaluate
 from ..graph import Operator, Subgraph, Tensor
 from ..ops import ACTIVATION_RANGE, fused_activation
+from ..schema import TensorType
 from .base import PassContext
 from .predicates import is_float32
+from .weights import scalar_of
 
 #: ``constant(sg, t)``: ``t`` is a constant the group's evaluation can read
 ConstantTest = Callable[[Subgraph, Tensor], bool]
@@ -27,12 +31,20 @@ ConstantTest = Callable[[Subgraph, Tensor], bool]
 MAX_OPS = 64
 
 
+def _value(t: Tensor | None) -> bool:
+    """A tensor the group computes with: float32, or the BOOL of a comparison."""
+    return is_float32(t) or (t is not None and t.dtype == TensorType.BOOL)
+
+
 def joinable(sg: Subgraph, op: Operator | None, constant: ConstantTest) -> bool:
-    """An op the evaluator computes: per-element, float32, its constants ``constant``."""
-    return (op is not None and evaluable(op) and len(op.outputs) == 1 and is_float32(op.outputs[0])
-            and fused_activation(op) in (None, *ACTIVATION_RANGE)
-            and all(t is not None and (constant(sg, t) or (not t.is_constant and is_float32(t)))
-                    for t in op.inputs))
+    """An op the evaluator computes: per-element, float32 (a comparison: BOOL),
+    its constants ``constant``."""
+    if op is None or not evaluable(op) or len(op.outputs) != 1:
+        return False
+    out = op.outputs[0]
+    typed = out is not None and out.dtype == TensorType.BOOL if op.code in COMPARISONS else is_float32(out)
+    return (typed and fused_activation(op) in (None, *ACTIVATION_RANGE)
+            and all(t is not None and (constant(sg, t) or (not t.is_constant and _value(t))) for t in op.inputs))
 
 
 def variables(sg: Subgraph, op: Operator, constant: ConstantTest) -> list[Tensor]:
@@ -114,3 +126,16 @@ def functions_of_one_tensor(ctx: PassContext, sg: Subgraph, last: Operator, cons
         ops = computed_from(sg, members, x, last, constant)
         if ops is not None and len(ops) >= min_ops:
             yield x, ops
+
+
+def is_scalar_constant(sg: Subgraph, t: Tensor) -> bool:
+    return scalar_of(sg, t) is not None
+
+
+def scalar_functions(ctx: PassContext, sg: Subgraph, last: Operator,
+                     min_ops: int) -> Iterator[tuple[Tensor, list[Operator], np.ndarray]]:
+    """Each ``(x, ops, values)`` of :func:`functions_of_one_tensor` whose
+    constants are all scalars (GELU, ELU), with what ``ops`` compute on
+    ``elementwise_eval.PROBE`` values of ``x``."""
+    for x, ops in functions_of_one_tensor(ctx, sg, last, is_scalar_constant, min_ops):
+        yield x, ops, evaluate(ops, x, PROBE, lambda t: np.float64(scalar_of(sg, t)))

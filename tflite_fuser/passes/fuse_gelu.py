@@ -36,16 +36,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..elementwise_eval import PROBE, evaluate, gelu, same_function
+from ..elementwise_eval import PROBE, gelu, same_function
 from ..graph import Operator, Subgraph, Tensor
 from ..schema import BuiltinOperator as Op
 from ..schema import BuiltinOptions, fb
 from ..targets import GELU
 from .base import FusionPass, Match, PassContext, Skip
-from .elementwise_group import functions_of_one_tensor
+from .elementwise_group import scalar_functions
 from .predicates import is_float32
 from .rebuild import drop_dead_dequantize
-from .weights import scalar_of
 
 #: the fewest ops a written-out GELU takes (x * Phi(x) needs a product, a
 #: transcendental, a shift and a scale)
@@ -61,10 +60,6 @@ class WrittenGelu(Match):
     scale: float = 1.0
 
 
-def _is_scalar_constant(sg: Subgraph, t: Tensor) -> bool:
-    return scalar_of(sg, t) is not None
-
-
 class FuseGelu(FusionPass):
     name = "fuse-gelu"
     summary = "GELU written out of elementwise ops (tanh or erf form, any order) => GELU"
@@ -74,8 +69,7 @@ class FuseGelu(FusionPass):
         y = last.outputs[0] if last.outputs else None
         if not is_float32(y):
             return None
-        for x, ops in functions_of_one_tensor(ctx, sg, last, _is_scalar_constant, _MIN_OPS):
-            got = evaluate(ops, x, PROBE, lambda t: np.float64(scalar_of(sg, t)))
+        for x, ops, got in scalar_functions(ctx, sg, last, _MIN_OPS):
             for approximate in (True, False):
                 scale = _multiple(got, gelu(PROBE, approximate))
                 if scale is None:

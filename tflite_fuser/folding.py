@@ -56,7 +56,8 @@ def channel_vector(value: np.ndarray, channels: int, rank: int, axis: int = -1) 
         raise FoldError(f"constant of shape {list(v.shape)} has higher rank than the tensor (rank {rank})")
     axis = axis % rank if rank else 0
     padded = (1,) * (rank - v.ndim) + v.shape
-    if any(d != 1 for i, d in enumerate(padded) if i != axis):
+    others = padded[:axis] + padded[axis + 1:]
+    if others.count(1) != len(others):
         raise FoldError(f"constant of shape {list(v.shape)} varies over more than the channel axis")
     if v.size == 1:
         return np.full(channels, float(v.reshape(-1)[0]), np.float64)

@@ -137,3 +137,29 @@ def test_large_custom_options_after_the_flatbuffer_come_back_inline():
     back = next(o for o in out.subgraphs[0].operators if o.customOptions is not None)
     assert bytes(np.asarray(back.customOptions, np.uint8)) == payload
     assert back.largeCustomOptionsOffset == 0
+
+
+def _quantization_kinds(data: bytes) -> dict[str, int]:
+    sg = fb.Model.GetRootAs(data, 0).Subgraphs(0)
+    kinds: dict[str, int] = {}
+    for i in range(sg.TensorsLength()):
+        q = sg.Tensors(i).Quantization()
+        k = "none" if q is None else "empty" if q.ScaleLength() == 0 and q.ZeroPointLength() == 0 else "full"
+        kinds[k] = kinds.get(k, 0) + 1
+    return kinds
+
+
+@pytest.mark.parametrize("name,kind", [("quant/net1_fp16", "empty"), ("quant/net1_int8", "full")])
+def test_empty_quantization_tables_stay_empty_tables_and_full_ones_keep_their_fields(name, kind):
+    """TF's converter writes an empty quantization table for every float
+    tensor; the reader takes those without the object API. Each comes back
+    as an empty table (not dropped), and a table with fields keeps them."""
+    from tflite_fuser.reader import read_model
+    from tflite_fuser.writer import write_model
+
+    src = (FIXTURES / f"{name}.tflite").read_bytes()
+    out = write_model(read_model(src))
+    assert list(_quantization_kinds(src)) == [kind] and _quantization_kinds(out) == _quantization_kinds(src)
+    a, b = unpack(src), unpack(out)
+    for ta, tb in zip(a.subgraphs[0].tensors, b.subgraphs[0].tensors):
+        assert list(diff(vars(ta.quantization), vars(tb.quantization), "quantization")) == []

@@ -59,12 +59,13 @@ class Chain:
 
 
 def walk_chain(ctx: PassContext, sg: Subgraph, y: Tensor, channels: int,
-               candidates: list[Operator] | None = None, axis: int = -1) -> Chain:
+               candidates: list[Operator] | None = None, axis: int = -1, keeps_input: bool = False) -> Chain:
     """The affine chain that reads ``y`` (``channels`` wide on its last axis,
     or on ``axis``).
 
     Each op joins when ``y`` (or the previous op's output) is read by it alone
-    and no one outside observes it, its output is float32 of the same shape,
+    and no one outside observes it (``y`` itself need not be when
+    ``keeps_input``: a chain that stays as ops, reading it), its output is float32 of the same shape,
     its constant (FLOAT32, or FLOAT16 behind DEQUANTIZE) broadcasts along the
     channel axis only, and it carries no activation, or one of RELU, RELU6,
     RELU_N1_TO_1, which ends the chain and moves onto the folded op.
@@ -75,7 +76,8 @@ def walk_chain(ctx: PassContext, sg: Subgraph, y: Tensor, channels: int,
     while candidates:
         nxt = candidates[0]
         try:
-            step, act = affine_step(ctx, sg, cur, nxt, channels, axis=axis)
+            step, act = affine_step(ctx, sg, cur, nxt, channels, removes_input=not (keeps_input and cur is y),
+                                    axis=axis)
             chain.scale, chain.shift = folding.compose(chain.scale, chain.shift, *step)
         except FoldError as e:
             chain.skips.append(Skip(str(e), *candidates))

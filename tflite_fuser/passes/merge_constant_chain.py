@@ -48,13 +48,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import folding
-from ..folding import FoldError
 from ..graph import Operator, Subgraph, Tensor
 from ..ops import has_no_activation, traits
 from ..schema import ActivationFunctionType as Act
 from ..schema import BuiltinOperator as Op
-from ..schema import BuiltinOptions, TensorType, fb
-from .affine_chain import Chain, affine_step, walk_chain
+from ..schema import BuiltinOptions, TensorType, fb, op_name
+from .affine_chain import Chain, walk_chain
 from .base import FusionPass, Match, PassContext, Skip
 from .predicates import is_float32, why_not_removable
 from .rebuild import drop_dead_dequantize
@@ -124,19 +123,9 @@ class MergeConstantChain(FusionPass):
                 and why_not_removable(ctx.model, sg, x, op) is None):
             return None  # the middle of a chain: it is taken from its first op
         axis = _broadcast_axis(sg, op, len(x.shape))
-        c = int(x.shape[axis])
-        try:
-            step, act = affine_step(ctx, sg, x, op, c, removes_input=False, axis=axis)
-            scale, shift = folding.compose(np.ones(c), np.zeros(c), *step)
-        except FoldError:
-            return None  # the first op alone is no step of a chain: no candidate
-        if act != Act.NONE:
-            return None  # one op, its activation ends it
-        rest = walk_chain(ctx, sg, op.outputs[0], c, axis=axis)
-        if not rest.ops:
-            return None
-        chain = Chain([op] + rest.ops, *folding.compose_before((rest.scale, rest.shift), (scale, shift)),
-                      rest.activation, rest.skips)
+        chain = walk_chain(ctx, sg, x, int(x.shape[axis]), candidates=[op], axis=axis, keeps_input=True)
+        if len(chain.ops) < 2:
+            return None  # no step, or one op: nothing to merge
         keep_scale, zero_shift = folding.is_identity(chain.scale, chain.shift)
         form = ([] if keep_scale else [(Op.MUL, chain.scale)]) + ([] if zero_shift else [(Op.ADD, chain.shift)])
         # An identity (with its activation) is an ADD of zeros: drop-identities takes it from there.
@@ -147,9 +136,9 @@ class MergeConstantChain(FusionPass):
             if not np.isfinite(v.astype(np.float32)).all():
                 return Skip("the merged constant is not finite in float32", op)
         shape = [1] * len(x.shape)
-        shape[axis] = c
+        shape[axis] = int(x.shape[axis])
         if axis == len(x.shape) - 1:
-            shape = [c]  # the usual per-channel vector
+            shape = shape[-1:]  # the usual per-channel vector
         return ConstantChain(x, chain, [(code, v.reshape(shape)) for code, v in form], skips=chain.skips)
 
     def apply(self, ctx: PassContext, sg: Subgraph, m: ConstantChain) -> str:
@@ -172,6 +161,5 @@ class MergeConstantChain(FusionPass):
             cur = out
         sg.replace(m.chain.ops, new)
         drop_dead_dequantize(model, sg, [t for op in m.chain.ops for t in op.inputs])
-        names = {Op.MUL: "MUL", Op.ADD: "ADD"}
         return (f"merged {' -> '.join(op.type_name for op in m.chain.ops)} -> {z.name!r} into "
-                f"{' -> '.join(names[code] for code, _ in m.form)}")
+                f"{' -> '.join(op_name(code) for code, _ in m.form)}")

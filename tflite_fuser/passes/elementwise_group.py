@@ -42,7 +42,7 @@ def joinable(sg: Subgraph, op: Operator | None, constant: ConstantTest) -> bool:
     if op is None or not evaluable(op) or len(op.outputs) != 1:
         return False
     out = op.outputs[0]
-    typed = out is not None and out.dtype == TensorType.BOOL if op.code in COMPARISONS else is_float32(out)
+    typed = (out is not None and out.dtype == TensorType.BOOL) if op.code in COMPARISONS else is_float32(out)
     return (typed and fused_activation(op) in (None, *ACTIVATION_RANGE)
             and all(t is not None and (constant(sg, t) or (not t.is_constant and _value(t))) for t in op.inputs))
 

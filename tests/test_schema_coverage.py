@@ -33,3 +33,17 @@ HANDLED = {
 def test_schema_table_has_no_field_the_graph_does_not_carry(table):
     fields = set(vars(getattr(fb, table)()))
     assert fields == HANDLED[table], f"new or removed fields: {fields ^ HANDLED[table]}"
+
+
+def test_operator_copy_carries_every_field():
+    """``Operator.copy`` names its fields one by one (a loop over them cost a
+    fold in a big model several microseconds): a field added to the class
+    must be added there too."""
+    from tflite_fuser.graph import OpCode, Operator
+
+    op = Operator(OpCode.builtin(3), [], [])
+    fields = [s for s in Operator.__slots__ if s != "__weakref__"]
+    for i, name in enumerate(fields):
+        setattr(op, name, f"value {i}")
+    new = op.copy()
+    assert {f: getattr(new, f) for f in fields} == {f: getattr(op, f) for f in fields}

@@ -17,6 +17,7 @@ we do not carry.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from dataclasses import dataclass, field
@@ -133,10 +134,14 @@ class Tensor:
     #: its index in its subgraph of the source file (-1: made by a rewrite);
     #: region proofs read the original's value of a tensor by it
     source_index: int = -1
+    #: the last :meth:`value` made, with what it was made from (a pass may
+    #: ask a constant for its value many times; a view costs microseconds)
+    _view: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_constant(self) -> bool:
-        return self.buffer is not None and self.buffer.data is not None and self.buffer.nbytes > 0
+        buf = self.buffer
+        return buf is not None and buf.data is not None and buf.data.nbytes > 0
 
     def value(self) -> np.ndarray | None:
         """The constant value as a read-only numpy array, or None.
@@ -146,11 +151,17 @@ class Tensor:
         """
         buf = self.buffer
         raw = buf.data if buf is not None else None
+        if raw is None:
+            return None
+        seen = self._view
+        if seen is not None and seen[0] is raw and seen[1] == self.dtype and seen[2] == self.shape:
+            return seen[3]
         dt = NUMPY_DTYPES.get(self.dtype)
-        if raw is None or not raw.nbytes or dt is None or raw.nbytes != dt.itemsize * math.prod(self.shape):
+        if not raw.nbytes or dt is None or raw.nbytes != dt.itemsize * math.prod(self.shape):
             return None
         arr = raw.view(dt).reshape(self.shape) if raw.dtype == np.uint8 else np.frombuffer(raw, dt).reshape(self.shape)
         arr.flags.writeable = False
+        self._view = (raw, self.dtype, list(self.shape), arr)
         return arr
 
     @property
@@ -175,38 +186,16 @@ class Tensor:
         return f"Tensor({self.name!r}, {type_name(self.dtype)}{list(self.shape)})"
 
 
-class LazyTable:
-    """An options table still in the input file: decoded by the generated
-    object API only when someone reads it (most ops' options are never read;
-    the writer copies untouched ones without decoding them, see writer.py)."""
-
-    __slots__ = ("buf", "pos", "union_type", "creator")
-
-    def __init__(self, buf, pos: int, union_type: int, creator):
-        self.buf, self.pos, self.union_type, self.creator = buf, pos, union_type, creator
-
-    def decode(self):
-        import flatbuffers.table
-
-        return self.creator(self.union_type, flatbuffers.table.Table(self.buf, self.pos))
-
-
-_SLOTS_COPIED = ("opcode", "inputs", "outputs", "_options", "options_type", "custom_options", "custom_options_format",
-                 "mutating_variable_inputs", "intermediates", "large_custom_options", "_options2", "options2_type",
-                 "debug_metadata_index")
-
-
 class Operator:
     """One operator: its opcode entry, input and output tensors (``None`` is an
     omitted optional input, -1 in the file), and its options.
 
-    ``options`` is the schema's object-API table (``fb.Conv2DOptionsT`` ...);
-    an operator read from a file holds it undecoded until first read.
+    ``options`` is the schema's object-API table (``fb.Conv2DOptionsT`` ...).
     """
 
-    __slots__ = ("opcode", "inputs", "outputs", "_options", "options_type", "custom_options",
+    __slots__ = ("opcode", "inputs", "outputs", "options", "options_type", "custom_options",
                  "custom_options_format", "mutating_variable_inputs", "intermediates", "large_custom_options",
-                 "_options2", "options2_type", "debug_metadata_index", "__weakref__")
+                 "options2", "options2_type", "debug_metadata_index", "__weakref__")
 
     def __init__(self, opcode: OpCode, inputs: list[Tensor | None], outputs: list[Tensor | None],
                  options: Any = None, options_type: int = 0, custom_options: np.ndarray | None = None,
@@ -216,7 +205,7 @@ class Operator:
         self.opcode = opcode
         self.inputs = inputs
         self.outputs = outputs
-        self._options = options  # fb.*OptionsT, or a LazyTable
+        self.options = options  # fb.*OptionsT
         self.options_type = options_type  # fb.BuiltinOptions enum
         self.custom_options = custom_options
         self.custom_options_format = custom_options_format
@@ -224,29 +213,9 @@ class Operator:
         self.intermediates = intermediates
         #: custom options stored after the flatbuffer (>2 GB models); bytes held here
         self.large_custom_options = large_custom_options
-        self._options2 = options2
+        self.options2 = options2
         self.options2_type = options2_type
         self.debug_metadata_index = debug_metadata_index
-
-    @property
-    def options(self) -> Any:
-        if isinstance(self._options, LazyTable):
-            self._options = self._options.decode()
-        return self._options
-
-    @options.setter
-    def options(self, value: Any) -> None:
-        self._options = value
-
-    @property
-    def options2(self) -> Any:
-        if isinstance(self._options2, LazyTable):
-            self._options2 = self._options2.decode()
-        return self._options2
-
-    @options2.setter
-    def options2(self, value: Any) -> None:
-        self._options2 = value
 
     @property
     def code(self) -> int:
@@ -263,8 +232,12 @@ class Operator:
     def copy(self, **changes: Any) -> "Operator":
         """A new operator with this one's fields, some changed (shallow)."""
         new = Operator.__new__(Operator)
-        for k in _SLOTS_COPIED:
-            setattr(new, k, getattr(self, k))  # an undecoded options table stays undecoded
+        new.opcode, new.inputs, new.outputs = self.opcode, self.inputs, self.outputs
+        new.options, new.options_type, new.options2, new.options2_type = (
+            self.options, self.options_type, self.options2, self.options2_type)
+        new.custom_options, new.custom_options_format = self.custom_options, self.custom_options_format
+        new.large_custom_options, new.mutating_variable_inputs = self.large_custom_options, self.mutating_variable_inputs
+        new.intermediates, new.debug_metadata_index = self.intermediates, self.debug_metadata_index
         for k, v in changes.items():
             setattr(new, k, v)
         return new
@@ -370,10 +343,16 @@ class Subgraph:
         if self.journal is not None:
             self.journal.append((old, news))
         idx = self.uses
-        if any(type(self._ops[idx.position[op]]) is list for op in old):
-            self._compact()  # an op of an earlier several-op rewrite: give each its own slot first
-        position = idx.position
-        last = max(position[op] for op in old)
+        position, ops = idx.position, self._ops
+        last = -1
+        for op in old:
+            i = position[op]
+            if type(ops[i]) is list:
+                self._compact()  # an op of an earlier several-op rewrite: give each its own slot first
+                last = max(position[o] for o in old)
+                break
+            if i > last:
+                last = i
         for op in old:
             self._ops[position[op]] = None
             idx.remove(op)
@@ -437,17 +416,25 @@ class _UseIndex:
     compaction renumbers them.)"""
 
     def __init__(self, ops: list[Operator | None]):
-        self.producer: dict[Tensor, Operator] = {}
         # An insertion-ordered set per tensor: removing one reader of a
-        # constant shared by thousands of ops stays O(1).
-        self.consumers: dict[Tensor, dict[Operator, None]] = {}
-        self.position: dict[Operator, int] = {}
-        for i, op in enumerate(ops):
-            if type(op) is list:  # ops sharing a slot (see Subgraph.replace)
-                for o in op:
+        # constant shared by thousands of ops stays O(1). (Built with
+        # comprehensions and a defaultdict: a 100,000-op graph is indexed
+        # once per run, and op-by-op ``add`` took three times as long.)
+        self.consumers: dict[Tensor, dict[Operator, None]] = collections.defaultdict(dict)
+        if any(type(op) is not Operator for op in ops):  # holes, or ops sharing a slot (see Subgraph.replace)
+            self.producer: dict[Tensor, Operator] = {}
+            self.position: dict[Operator, int] = {}
+            for i, op in enumerate(ops):
+                for o in (op if type(op) is list else () if op is None else (op,)):
                     self.add(o, i)
-            elif op is not None:
-                self.add(op, i)
+            return
+        self.position = {op: i for i, op in enumerate(ops)}
+        self.producer = {t: op for op in ops for t in op.outputs if t is not None}
+        consumers = self.consumers
+        for op in ops:
+            for t in op.inputs:  # an op reading a tensor twice is one consumer: a dict key
+                if t is not None:
+                    consumers[t][op] = None
 
     def add(self, op: Operator, position: int) -> None:
         self.position[op] = position
@@ -457,11 +444,7 @@ class _UseIndex:
                 producer[t] = op
         for t in op.inputs:  # an op reading a tensor twice is one consumer: a dict key
             if t is not None:
-                users = consumers.get(t)
-                if users is None:
-                    consumers[t] = {op: None}
-                else:
-                    users[op] = None
+                consumers[t][op] = None
 
     def remove(self, op: Operator) -> None:
         del self.position[op]

@@ -6,8 +6,10 @@ reading a 2 GB model costs page-cache, not a second copy.
 
 The tables there are many of (tensors, operators, buffers) are read as
 columns with numpy (:mod:`flatbuf`): a 100,000-op model is a few dozen array
-operations instead of millions of generated accessor calls. Options tables are
-kept undecoded (:class:`graph.LazyTable`) until a pass reads them.
+operations instead of millions of generated accessor calls. Options tables of
+scalars (most ops') are decoded the same way, a column at a time; the few
+others go through the object API here, so that a corrupt one is a
+:class:`BadModelError` now and not an exception in a pass or the writer later.
 
 Python's flatbuffers runtime has no verifier, so this module is the first line
 of defence against hostile files. Every exception raised while walking the
@@ -28,11 +30,12 @@ import struct
 from pathlib import Path
 from typing import Union
 
+import flatbuffers.table
 import numpy as np
 
 from .errors import BadModelError
 from .flatbuf import Bytes, Tables, decode_scalar_tables, field, scalar_table, split_lists
-from .graph import Buffer, LazyTable, Metadata, Model, OpCode, Operator, SignatureDef, Subgraph, Tensor
+from .graph import Buffer, Metadata, Model, OpCode, Operator, SignatureDef, Subgraph, Tensor
 from .pagecache import Backing, backing_of
 from .schema import FILE_IDENTIFIER, SCHEMA_VERSION, fb
 
@@ -330,7 +333,7 @@ class _Reader:
 
     def options(self, pos: np.ndarray, types: np.ndarray, union, creator) -> list:
         """Each operator's options table: decoded in bulk where the table
-        holds scalars only (all but a few kinds), kept undecoded otherwise."""
+        holds scalars only (all but a few kinds), by the object API otherwise."""
         out: list = [None] * len(pos)
         present = pos > 0
         for kind in np.unique(types[present]).tolist():
@@ -341,7 +344,7 @@ class _Reader:
                     out[i] = obj
             else:
                 for i in rows.tolist():
-                    out[i] = LazyTable(self.buf, int(pos[i]), kind, creator)
+                    out[i] = creator(kind, flatbuffers.table.Table(self.buf, int(pos[i])))
         return out
 
     def tensors(self, s, buffers: list[Buffer], where: str) -> list[Tensor]:

@@ -35,20 +35,21 @@ def validate(model: Model, label: str = "<model>") -> None:
         where = f"subgraph {si}"
         for t in sg.tensors:
             shape = t.shape
-            if len(shape) > _MAX_RANK:
-                raise bad(f"{where}: tensor {t.name!r} has rank {len(shape)}")
-            if shape and min(shape) < 0:
-                raise bad(f"{where}: tensor {t.name!r} has a negative dimension {shape}")
+            if shape:
+                if len(shape) > _MAX_RANK:
+                    raise bad(f"{where}: tensor {t.name!r} has rank {len(shape)}")
+                if min(shape) < 0:
+                    raise bad(f"{where}: tensor {t.name!r} has a negative dimension {shape}")
             n = math.prod(shape)  # exact: Python integers do not overflow
             if n > _MAX_ELEMENTS:
                 raise bad(f"{where}: tensor {t.name!r} has an impossible shape {shape}")
             buf = t.buffer
-            if buf is not None and buf.data is not None and t.sparsity is None and t.dtype in NUMPY_DTYPES \
-                    and buf.data.nbytes:
+            data = buf.data if buf is not None else None
+            if data is not None and data.nbytes and t.sparsity is None and t.dtype in NUMPY_DTYPES:
                 want = n * NUMPY_DTYPES[t.dtype].itemsize
-                if t.buffer.nbytes != want:
+                if data.nbytes != want:
                     raise bad(f"{where}: constant {t.name!r} ({type_name(t.dtype)}{t.shape}) "
-                              f"needs {want} bytes but its buffer has {t.buffer.nbytes}")
+                              f"needs {want} bytes but its buffer has {data.nbytes}")
             if t.dtype not in _KNOWN_TYPES:
                 raise bad(f"{where}: tensor {t.name!r} has unknown type {t.dtype}")
         written: set = set()
@@ -62,8 +63,9 @@ def validate(model: Model, label: str = "<model>") -> None:
                 if t.is_constant:
                     raise bad(f"{where}: operator {oi} ({op.type_name}) writes constant {t.name!r}")
                 written.add(t)
-            calls[si].update(_subgraph_refs(op, n_sg,
-                                            lambda msg: bad(f"{where}: operator {oi} ({op.type_name}) {msg}")))
+            if _may_call(op):
+                calls[si].update(_subgraph_refs(op, n_sg,
+                                                lambda msg: bad(f"{where}: operator {oi} ({op.type_name}) {msg}")))
     cycle = _find_cycle(calls)
     if cycle:
         raise bad("control flow calls subgraphs in a cycle (" + " -> ".join(map(str, cycle)) + ")")
@@ -82,6 +84,13 @@ def _names_subgraphs(union: str, options_type: int) -> bool:
     if cls is None:
         return creator is not None  # unknown to this schema: decode and look
     return any(hasattr(cls(), f) for f in _SUBGRAPH_FIELDS)
+
+
+def _may_call(op: Operator) -> bool:
+    """Whether ``op``'s options are of a type that can name a subgraph
+    (asked of every op: answered from the two type codes alone)."""
+    return bool(op.options_type and _names_subgraphs("BuiltinOptions", op.options_type)
+                or op.options2_type and _names_subgraphs("BuiltinOptions2", op.options2_type))
 
 
 def _subgraph_refs(op: Operator, n_sg: int, bad) -> set[int]:

@@ -28,7 +28,7 @@ import flatbuffers
 import numpy as np
 
 from .flatbuf import OFFSET, Layout, scalar_table, write_offset_vector, write_strings, write_tables, write_vectors
-from .graph import Buffer, LazyTable, Model, Operator, Subgraph, Tensor
+from .graph import Buffer, Model, Operator, Subgraph, Tensor
 from .schema import FILE_IDENTIFIER, fb
 
 #: the tables written in bulk: each field by the generated reader's name, and
@@ -300,8 +300,8 @@ class _Writer:
         custom = self.optional_vectors([op.custom_options if op.custom_options is not None
                                         else op.large_custom_options for op in ops], np.uint8)
         mvi = self.optional_vectors([op.mutating_variable_inputs for op in ops], np.bool_)
-        opts = np.array([self.options_table(op._options) for op in ops], np.int64)
-        opts2 = np.array([self.options_table(op._options2) for op in ops], np.int64)
+        opts = np.array([self.options_table(op.options) for op in ops], np.int64)
+        opts2 = np.array([self.options_table(op.options2) for op in ops], np.int64)
         values = {
             "opcode_index": np.array([self.opcode_index[op.opcode] for op in ops], np.int64),
             "inputs": ins, "outputs": outs, "intermediates": inter, "custom_options": custom,
@@ -325,10 +325,6 @@ class _Writer:
         packed per op by the object API."""
         if opts is None:
             return 0
-        if isinstance(opts, LazyTable):
-            opts = opts.decode()
-            if opts is None:
-                return 0
         if scalar_table(type(opts)) is None:
             return opts.Pack(self.b)
         key = (type(opts), tuple(opts.__dict__.values()))

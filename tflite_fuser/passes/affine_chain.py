@@ -70,7 +70,7 @@ def walk_chain(ctx: PassContext, sg: Subgraph, y: Tensor, channels: int,
     channel axis only, and it carries no activation, or one of RELU, RELU6,
     RELU_N1_TO_1, which ends the chain and moves onto the folded op.
     """
-    chain = Chain([], np.ones(channels), np.zeros(channels))
+    chain = Chain([], *folding.identity(channels))
     candidates = constant_readers(sg, y) if candidates is None else candidates
     cur = y
     while candidates:
@@ -115,7 +115,7 @@ def affine_step(ctx: PassContext, sg: Subgraph, cur: Tensor, nxt: Operator, chan
         raise FoldError(f"the constant operand of {op_name(nxt.code)}: {const}")
     if out.shape != cur.shape:
         raise FoldError(f"the constant broadcasts {list(cur.shape)} to {list(out.shape)}")
-    vec = folding.channel_vector(const.float64(), channels, len(cur.shape), axis)
+    vec = folding.channel_vector(const.raw, channels, len(cur.shape), axis)  # it converts to float64
     return (traits(nxt.code).affine, vec, nxt.inputs[0] is not cur), a
 
 
@@ -139,7 +139,7 @@ def fold_into(store: WeightStore, op: Operator, weights: tuple[Weight, Weight | 
     w, b = weights
     kind = traits(op.code).kind
     keep_filter, zero_shift = folding.is_identity(scale, shift)
-    new_w, new_b = folding.fold_output_affine(kind, w.float64(), None if b is None else b.float64(), scale, shift)
+    new_w, new_b = folding.fold_output_affine(kind, w.raw, None if b is None else b.raw, scale, shift)
     w_arr = None if keep_filter else store.round(new_w, w, "filter")
     b_arr = None if keep_filter and zero_shift and b is not None else store.round(new_b, b, "bias")
     return Folded(op, w, b, w_arr, b_arr)

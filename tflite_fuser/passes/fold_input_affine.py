@@ -161,7 +161,7 @@ class FoldInputAffine(FusionPass):
         if isinstance(const, str):
             raise FoldError(f"{name} constant {const}")
         vec = folding.channel_vector(const.float64(), cin, len(cur.shape))
-        step = folding.compose(np.ones(cin), np.zeros(cin), traits(p.code).affine, vec, const_first=c_idx == 0)
+        step = folding.compose(*folding.identity(cin), traits(p.code).affine, vec, const_first=c_idx == 0)
         return data, step
 
     def apply(self, ctx: PassContext, sg: Subgraph, m: InputChain) -> str:

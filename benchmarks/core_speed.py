@@ -47,8 +47,10 @@ from tflite_fuser import fuse
 t = time.perf_counter()
 r = fuse({src!r}, {dst!r}, verify_output=False)
 s = r.report["seconds"]
+top = sorted(r.report["passes"], key=lambda p: -p["seconds"])[:4]
 _report(time.perf_counter() - t, peak_bytes=_peak(), ops_before=r.report["input"]["operators"],
-        ops_after=r.report["output"]["operators"], read=s["read"], passes=s["passes"], write=s["write"])
+        ops_after=r.report["output"]["operators"], read=s["read"], passes=s["passes"], write=s["write"],
+        slowest=[[p["name"], p["seconds"], p["rewrites"]] for p in top])
 """
 
 
@@ -66,6 +68,7 @@ def measure(name: str, src: str, dst: str, rounds: int) -> dict:
            "baseline_s": statistics.median(base), "fuse_s": statistics.median(x.seconds for x in ours),
            "ratio": statistics.median(ratios), "ratios": ratios, "read_s": f.extra["read"],
            "passes_s": f.extra["passes"], "write_s": f.extra["write"], "fuse_peak": f.peak_bytes,
+           "slowest_passes": f.extra["slowest"],
            "target": TARGETS.get(name.split()[0])}
     row["meets_target"] = row["target"] is None or row["ratio"] <= row["target"]
     return row
@@ -95,6 +98,8 @@ def main(argv=None) -> list[dict]:
                   f"{row['baseline_s']:.2f} s, tflite-fuse {row['fuse_s']:.2f} s (read {row['read_s']:.2f}, "
                   f"passes {row['passes_s']:.2f}, write {row['write_s']:.2f}; peak {mb(row['fuse_peak'])}); "
                   f"ratio {row['ratio']:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in row['ratios'])}){verdict}",
+                  flush=True)
+            print("  slowest passes: " + ", ".join(f"{n} {s:.2f} s ({k:,} rewrites)" for n, s, k in row["slowest_passes"]),
                   flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")

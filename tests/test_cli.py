@@ -73,6 +73,15 @@ def test_summary_shows_counts_passes_and_verification(model_file, tmp_path, caps
     assert report["verification"]["outputs"][0]["ok"]
 
 
+def test_json_report_says_how_long_each_pass_took(model_file, tmp_path):
+    """Per pass, its seconds over all rounds: on a big model, where the time goes."""
+    assert main([str(model_file), str(tmp_path / "out.tflite"), "--no-verify", "--report", str(tmp_path / "r.json")]) == 0
+    report = _report(tmp_path / "r.json")
+    seconds = {p["name"]: p["seconds"] for p in report["passes"]}
+    assert set(seconds) == set(passes_mod.pass_names()) - {p.name for p in passes_mod.PASS_CLASSES if not p.default}
+    assert all(s >= 0 for s in seconds.values()) and 0 < sum(seconds.values()) <= report["seconds"]["passes"]
+
+
 def test_failed_verification_exits_1_and_writes_nothing(model_file, tmp_path, capsys, broken_pass):
     out = tmp_path / "out.tflite"
     rc = main([str(model_file), str(out), "--strict", "--report", str(tmp_path / "r.json")])

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- data
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Buffer:
     """Raw bytes of a constant (or of a metadata entry).
 

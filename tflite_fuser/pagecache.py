@@ -39,7 +39,7 @@ SPILL_BYTES = 1 << 20
 RELEASE_EVERY = 64 << 20
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Backing:
     """Where a buffer's bytes sit in a read-only file mapping."""
 

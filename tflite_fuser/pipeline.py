@@ -132,7 +132,9 @@ def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable:
         for p in chosen:
             if progress:
                 progress(f"running passes: {p.name}" + (f" (round {round_})" if round_ > 1 else ""))
+            t = time.perf_counter()
             n = p.run(model, ctx)
+            ctx.pass_seconds[p.name] = ctx.pass_seconds.get(p.name, 0.0) + time.perf_counter() - t
             counts[p.name] += n
             changed += n
             pages.release()
@@ -295,7 +297,8 @@ def _fuse(src, dst_path, is_path: bool, opts: FuseOptions, log, say, progress, t
         "target": {"name": target.name, "summary": target.summary},
         "input": before,
         "output": after,
-        "passes": [{"name": k, "rewrites": v} for k, v in run.counts.items()],
+        "passes": [{"name": k, "rewrites": v, "seconds": round(ctx.pass_seconds.get(k, 0.0), 6)}
+                   for k, v in run.counts.items()],
         "rewrites": [{"pass": r.pass_name, "subgraph": r.subgraph, "what": r.what} for r in ctx.rewrites],
         "skipped": [{"pass": s.pass_name, "subgraph": s.subgraph, "op": s.op, "reason": s.reason}
                     for s in ctx.standing_skips()],

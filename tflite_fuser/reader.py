@@ -210,20 +210,21 @@ class _Reader:
         offsets = bt.scalars(field(fb.Buffer, "Offset"), _U64).astype(np.int64)
         ext_sizes = bt.scalars(field(fb.Buffer, "Size"), _U64).astype(np.int64)
         buffers = []
+        u8, mapping, size = self.data.u8, self.mapping, len(self.buf)
         for i, (dp, n, off, ext) in enumerate(zip(data_pos.tolist(), sizes.tolist(), offsets.tolist(),
                                                  ext_sizes.tolist())):
             if off > 1:
                 data = self.external_bytes(off, ext, f"buffer {i}")
-                buffers.append(Buffer(data, external=True, backing=backing_of(data, self.mapping)))
+                buffers.append(Buffer(data, True, backing_of(data, mapping)))
             elif dp == 0 or n == 0:
                 buffers.append(Buffer())
             else:
-                if dp + 4 + n > len(self.buf):
+                if dp + 4 + n > size:
                     raise self.bad(f"truncated or corrupt: buffer {i} ({n} bytes) reaches past the end of "
-                                   f"the file ({len(self.buf)} bytes)")
-                data = self.data.u8[dp + 4:dp + 4 + n]
-                backing = Backing(self.mapping, dp + 4, n) if self.mapping is not None else None
-                buffers.append(Buffer(data, backing=backing))
+                                   f"the file ({size} bytes)")
+                # positional arguments: a big model has a hundred thousand buffers
+                buffers.append(Buffer(u8[dp + 4:dp + 4 + n], False,
+                                      Backing(mapping, dp + 4, n) if mapping is not None else None))
         return buffers
 
     def vector_pos(self, obj, cls, accessor: str) -> int:
@@ -306,29 +307,18 @@ class _Reader:
         large_size = ot.scalars(F("LargeCustomOptionsSize"), _U64).astype(np.int64).tolist()
         debug = ot.scalars(F("DebugMetadataIndex"), _I32).tolist()
         ops = []
-        for i in range(len(ot)):
-            ins, outs = inputs[i], outputs[i]
-            custom = None
-            if custom_vec[i]:
-                custom = self.data.vector_at(int(custom_vec[i]), _U8)
-            op = Operator(
-                opcodes[codes[i]],
-                ins if ins is not None else [],
-                outs if outs is not None else [],
-                options=options[i],
-                options_type=opt_type[i],
-                custom_options=custom,
-                custom_options_format=custom_fmt[i],
-                mutating_variable_inputs=None if mvi_lists[i] is None else [bool(x) for x in mvi_lists[i]],
-                intermediates=intermediates[i],
-                options2=options2[i],
-                options2_type=opt2_type[i],
-                debug_metadata_index=debug[i],
-            )
-            if large_off[i] > 1:
-                op.large_custom_options = self.external_bytes(large_off[i], large_size[i],
+        large = [i for i, off in enumerate(large_off) if off > 1]
+        # Positional arguments in the constructor's order, lists not arrays
+        # indexed per op: a big model has a hundred thousand ops.
+        for i, (code, ins, outs, custom_at, mvi_i) in enumerate(zip(codes.tolist(), inputs, outputs,
+                                                                   custom_vec.tolist(), mvi_lists)):
+            ops.append(Operator(opcodes[code], ins if ins is not None else [], outs if outs is not None else [],
+                                options[i], opt_type[i], self.data.vector_at(custom_at, _U8) if custom_at else None,
+                                custom_fmt[i], None if mvi_i is None else [bool(x) for x in mvi_i], intermediates[i],
+                                None, options2[i], opt2_type[i], debug[i]))
+        for i in large:
+            ops[i].large_custom_options = self.external_bytes(large_off[i], large_size[i],
                                                               f"{where} operator {i} custom options")
-            ops.append(op)
         return ops
 
     def options(self, pos: np.ndarray, types: np.ndarray, union, creator) -> list:
@@ -360,8 +350,8 @@ class _Reader:
             raise self.bad(f"{where} tensor {i} buffer index {int(buf_idx[i])} out of range "
                            f"(0..{len(buffers) - 1})")
         names = tt.strings(F("Name"))
-        is_var = tt.scalars(F("IsVariable"), _U8).tolist()
-        has_rank = tt.scalars(F("HasRank"), _U8).tolist()
+        is_var = tt.scalars(F("IsVariable"), _U8).astype(bool).tolist()
+        has_rank = tt.scalars(F("HasRank"), _U8).astype(bool).tolist()
         ext = tt.scalars(F("ExternalBuffer"), _U64).astype(np.int64).tolist()
         quant = tt.targets(F("Quantization"))
         sparse = tt.targets(F("Sparsity"))
@@ -369,17 +359,18 @@ class _Reader:
         # TF's converter gives every tensor a quantization table, most of them
         # empty: those need no object-API read (a third of a split MobileNetV2's load)
         empty_quant = _empty_tables(self.data, quant)
-        out = []
-        for i, b in enumerate(buf_idx.tolist()):
-            t = Tensor(name=_text(names[i]) or "", shape=shapes[i] if shapes[i] is not None else [],
-                       dtype=types[i], buffer=buffers[b], is_variable=bool(is_var[i]),
-                       shape_signature=signatures[i], has_rank=bool(has_rank[i]), external_buffer=ext[i],
-                       source_index=i)
-            if sparse[i] or variants[i] or (quant[i] and not empty_quant[i]):  # nested tables: object API
-                self.nested(t, int(tt.pos[i]))
-            elif quant[i]:
-                t.quantization = fb.QuantizationParametersT()
-            out.append(t)
+        is_nested = (sparse != 0) | (variants != 0) | ((quant != 0) & ~empty_quant)
+        nested = np.flatnonzero(is_nested).tolist()
+        empty = np.flatnonzero((quant != 0) & empty_quant & ~is_nested).tolist()
+        # Positional arguments, in the dataclass's field order (keywords cost
+        # three times as much, and a big model has hundreds of thousands of tensors).
+        out = [Tensor(_text(names[i]) or "", shapes[i] if shapes[i] is not None else [], types[i], buffers[b], None,
+                      is_var[i], None, signatures[i], has_rank[i], None, ext[i], False, i)
+               for i, b in enumerate(buf_idx.tolist())]
+        for i in nested:  # nested tables: object API
+            self.nested(out[i], int(tt.pos[i]))
+        for i in empty:
+            out[i].quantization = fb.QuantizationParametersT()
         return out
 
     def nested(self, t: Tensor, pos: int) -> None:

@@ -103,6 +103,9 @@ class PassContext:
     forbidden: Mapping[tuple, str] = field(default_factory=dict)
     #: when a set, the only rewrites to make (a bisection's trial)
     allowed: frozenset | None = None
+    #: seconds each pass ran, summed over the fixed point's rounds (the JSON
+    #: report's ``passes``: which pass a big model's time goes to)
+    pass_seconds: dict = field(default_factory=dict)
     #: each subgraph's operators before any pass ran: the original graph
     #: (passes never change an operator or tensor in place), which the
     #: region proofs cut the rewrites' original ops from

@@ -59,32 +59,44 @@ def _axis(t: Tensor | None, rank: int) -> int | None:
     return a + rank if a < 0 else a
 
 
-def channel_piece(sg: Subgraph, t: Tensor) -> Piece | str:
-    """The channel range of a rank-4 source that ``t`` is, or why it is not one."""
+def channel_piece(sg: Subgraph, t: Tensor, cuts: dict | None = None) -> Piece | str:
+    """The channel range of a rank-4 source that ``t`` is, or why it is not
+    one. ``cuts`` remembers each SPLIT's channel ranges for the next of its
+    outputs (a depthwise conv split into 960 channels asks 960 times)."""
     op = sg.producer(t)
     if op is None:
         return f"{t.name!r} is not cut from another tensor"
     code = op.code
-    if code == Op.SPLIT:
+    if code in (Op.SPLIT, Op.SPLIT_V):
+        cut = cuts.get(op) if cuts is not None else None
+        if cut is None:
+            cut = _split_cut(op)
+            if cuts is not None:
+                cuts[op] = cut
+        if isinstance(cut, str):
+            return cut
+        x, where, bounds = cut
+        start, stop = bounds[where[t]]
+        return Piece(t, x, start, stop, op)
+    if code in (Op.SLICE, Op.STRIDED_SLICE):
+        return _slice_piece(op, t)
+    return f"{t.name!r} is produced by {op.type_name}, not a channel split"
+
+
+def _split_cut(op: Operator) -> tuple[Tensor, dict[Tensor, int], list[tuple[int, int]]] | str:
+    """A SPLIT's or SPLIT_V's input, the index of each of its outputs, and
+    the channel range (start, stop) of each; or why it is no channel split."""
+    if op.code == Op.SPLIT:
         if len(op.inputs) != 2:
             return f"{op.type_name} with {len(op.inputs)} inputs"
-        axis_t, x = op.inputs
-        return _split_piece(op, t, x, axis_t, None)
-    if code == Op.SPLIT_V:
+        (axis_t, x), sizes = op.inputs, None
+    else:
         if len(op.inputs) != 3:
             return f"{op.type_name} with {len(op.inputs)} inputs"
         x, sizes_t, axis_t = op.inputs
         sizes = _int_const(sizes_t)
         if sizes is None:
             return "SPLIT_V sizes are not constant"
-        return _split_piece(op, t, x, axis_t, sizes)
-    if code in (Op.SLICE, Op.STRIDED_SLICE):
-        return _slice_piece(op, t)
-    return f"{t.name!r} is produced by {op.type_name}, not a channel split"
-
-
-def _split_piece(op: Operator, t: Tensor, x: Tensor | None, axis_t: Tensor | None,
-                 sizes: np.ndarray | None) -> Piece | str:
     if x is None or len(x.shape) != 4:
         return f"{op.type_name} input is not rank 4"
     axis = _axis(axis_t, 4)
@@ -109,9 +121,14 @@ def _split_piece(op: Operator, t: Tensor, x: Tensor | None, axis_t: Tensor | Non
             sizes[unknown[0]] = c - (sizes.sum() + 1)
         if sizes.sum() != c or np.any(sizes < 0):
             return "SPLIT_V sizes do not add up to the channels"
-    i = next(k for k, o in enumerate(op.outputs) if o is t)
-    start = int(sizes[:i].sum())
-    return Piece(t, x, start, start + int(sizes[i]), op)
+    where: dict[Tensor, int] = {}
+    for k, o in enumerate(op.outputs):
+        where.setdefault(o, k)
+    bounds, start = [], 0
+    for size in sizes.tolist():
+        bounds.append((start, start + size))
+        start += size
+    return x, where, bounds
 
 
 def _slice_piece(op: Operator, t: Tensor) -> Piece | str:
@@ -173,8 +190,9 @@ def match_partition(sg: Subgraph, tensors: list[Tensor]) -> Partition | str:
     """Do ``tensors`` cut one rank-4 tensor's channels into consecutive pieces,
     in this order, covering it? Returns the partition or a reason."""
     pieces = []
+    cuts: dict = {}
     for t in tensors:
-        p = channel_piece(sg, t)
+        p = channel_piece(sg, t, cuts)
         if isinstance(p, str):
             return p
         pieces.append(p)

@@ -227,10 +227,11 @@ class WeightStore:
         """The distinct DEQUANTIZE ops of ``weights`` that only the pattern
         reads and no one outside the graph observes."""
         found: list[Operator] = []
-        for w in weights:
-            d = w.dequantize
+        # Each DEQUANTIZE once: 960 weights of a split depthwise conv may
+        # share one, read by all 960 of its convs (asking per weight was quadratic).
+        for d in dict.fromkeys(w.dequantize for w in weights):
             out = d.outputs[0]
-            if d not in found and d not in self._claimed and not self.model.is_observed(self.sg, out) \
+            if d not in self._claimed and not self.model.is_observed(self.sg, out) \
                     and all(u in self.pattern for u in self.sg.consumers(out)):
                 found.append(d)
         return found

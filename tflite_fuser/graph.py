@@ -134,9 +134,6 @@ class Tensor:
     #: its index in its subgraph of the source file (-1: made by a rewrite);
     #: region proofs read the original's value of a tensor by it
     source_index: int = -1
-    #: the last :meth:`value` made, with what it was made from (a pass may
-    #: ask a constant for its value many times; a view costs microseconds)
-    _view: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_constant(self) -> bool:
@@ -153,15 +150,11 @@ class Tensor:
         raw = buf.data if buf is not None else None
         if raw is None:
             return None
-        seen = self._view
-        if seen is not None and seen[0] is raw and seen[1] == self.dtype and seen[2] == self.shape:
-            return seen[3]
         dt = NUMPY_DTYPES.get(self.dtype)
         if not raw.nbytes or dt is None or raw.nbytes != dt.itemsize * math.prod(self.shape):
             return None
         arr = raw.view(dt).reshape(self.shape) if raw.dtype == np.uint8 else np.frombuffer(raw, dt).reshape(self.shape)
         arr.flags.writeable = False
-        self._view = (raw, self.dtype, list(self.shape), arr)
         return arr
 
     @property

@@ -125,7 +125,8 @@ def _groups(w: np.ndarray, zero) -> int:
     """The filter's block-diagonal group count (1: dense). A filter without a
     single zero (most real ones) is dense: one pass over it says so."""
     z = 0 if isinstance(zero, str) else zero
-    if np.ndim(z) == 0 and (np.count_nonzero(w) == w.size if z == 0 else (w != z).all()):
+    scalar = not isinstance(z, np.ndarray) or z.ndim == 0  # (np.ndim costs more than the count)
+    if scalar and (np.count_nonzero(w) == w.size if z == 0 else (w != z).all()):
         return 1  # (counting is a few times cheaper than comparing, asked of every conv of a big model)
     return block_diagonal_groups(block_nonzero(w, z))
 

@@ -135,6 +135,17 @@ class Tensor:
     #: region proofs read the original's value of a tensor by it
     source_index: int = -1
 
+    def like(self, name: str, shape: list[int] | None = None, shape_signature: list[int] | None = None,
+             quantized: bool = True) -> "Tensor":
+        """A new intermediate tensor of this one's type (and quantization, unless
+        not ``quantized``) that a rewrite puts in: this shape and signature, or
+        ``shape`` and ``shape_signature`` (None: no signature) when it has another."""
+        if shape is None:
+            shape, shape_signature = self.shape, self.shape_signature
+        return Tensor(name=name, shape=list(shape), dtype=self.dtype,
+                      quantization=self.quantization if quantized else None,
+                      shape_signature=list(shape_signature) if shape_signature else None)
+
     @property
     def is_constant(self) -> bool:
         buf = self.buffer

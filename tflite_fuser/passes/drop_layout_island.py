@@ -137,8 +137,7 @@ class DropLayoutIsland(FusionPass):
         def nhwc(t: Tensor) -> Tensor:  # NCHW = NHWC transposed by perm, so NHWC = NCHW transposed by inv
             if id(t) not in new:
                 sig = [t.shape_signature[i] for i in inv] if t.shape_signature else None
-                new[id(t)] = sg.add_tensor(Tensor(name=f"{t.name}/nhwc", shape=[t.shape[i] for i in inv],
-                                                  dtype=t.dtype, quantization=t.quantization, shape_signature=sig))
+                new[id(t)] = sg.add_tensor(t.like(f"{t.name}/nhwc", [t.shape[i] for i in inv], sig))
             return new[id(t)]
 
         for e in m.entries:

@@ -155,9 +155,8 @@ class DropReshapeAfterReduce(FusionPass):
 
 
 def _squeezed_like(sg: Subgraph, t: Tensor, axes: set[int]) -> Tensor:
-    return sg.add_tensor(Tensor(name=f"{t.name}/squeezed", shape=_squeezed(t.shape, axes), dtype=t.dtype,
-                                quantization=t.quantization,
-                                shape_signature=_squeezed(t.shape_signature, axes) if t.shape_signature else None))
+    sig = _squeezed(t.shape_signature, axes) if t.shape_signature else None
+    return sg.add_tensor(t.like(f"{t.name}/squeezed", _squeezed(t.shape, axes), sig))
 
 
 def _constant_for(ctx: PassContext, sg: Subgraph, t: Tensor | None, reshaped: dict[int, list[int]]) -> Tensor | None:

@@ -123,8 +123,7 @@ class FuseDilatedConv(FusionPass):
             if x.shape_signature:
                 grow = [0, sum(m.pads[0]), sum(m.pads[1]), 0]
                 sig = [d if d < 0 else d + g for d, g in zip(x.shape_signature, grow)]
-            padded = sg.add_tensor(Tensor(name=f"{y.name}/padded", shape=shape, dtype=x.dtype,
-                                          quantization=x.quantization, shape_signature=sig))
+            padded = sg.add_tensor(x.like(f"{y.name}/padded", shape, sig))
             new_ops.append(Operator(model.opcode(Op.PAD), [x, pads], [padded], options=fb.PadOptionsT(),
                                     options_type=BuiltinOptions.PadOptions))
             x = padded

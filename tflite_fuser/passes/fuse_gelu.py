@@ -88,8 +88,7 @@ class FuseGelu(FusionPass):
         if m.scale == 1.0:
             out, tail = y, []
         else:
-            out = sg.add_tensor(Tensor(name=f"{y.name}/gelu", shape=list(y.shape), dtype=y.dtype,
-                                       shape_signature=y.shape_signature))
+            out = sg.add_tensor(y.like(f"{y.name}/gelu", quantized=False))
             c = ctx.model.new_constant(sg, f"{y.name}/gelu_scale", np.array(m.scale, np.float32), y.dtype)
             tail = [Operator(ctx.model.opcode(Op.MUL), [out, c], [y], options=fb.MulOptionsT(),
                              options_type=BuiltinOptions.MulOptions)]

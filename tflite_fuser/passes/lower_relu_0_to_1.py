@@ -68,8 +68,7 @@ class LowerRelu0To1(FusionPass):
     def apply(self, ctx: PassContext, sg: Subgraph, m: Relu01) -> str:
         x, y = m.op.inputs[0], m.op.outputs[0]
         model = ctx.model
-        t = sg.add_tensor(Tensor(name=f"{y.name}/relu", shape=list(y.shape), dtype=TensorType.FLOAT32,
-                                 shape_signature=list(y.shape_signature) if y.shape_signature else None))
+        t = sg.add_tensor(y.like(f"{y.name}/relu", quantized=False))
         one = model.new_constant(sg, f"{y.name}/one", np.ones([], np.float32), TensorType.FLOAT32)
         relu = Operator(model.opcode(Op.RELU), [x], [t])
         minimum = Operator(model.opcode(Op.MINIMUM), [t, one], [y], options=fb.MaximumMinimumOptionsT(),

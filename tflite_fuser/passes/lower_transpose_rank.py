@@ -98,9 +98,8 @@ class LowerTransposeRank(FusionPass):
     def apply(self, ctx: PassContext, sg: Subgraph, m: Shuffle) -> str:
         model = ctx.model
         t, y = m.transpose.inputs[0], m.transpose.outputs[0]
-        t4 = sg.add_tensor(Tensor(name=t.name, shape=list(m.shape4), dtype=t.dtype, quantization=t.quantization))
-        y4 = sg.add_tensor(Tensor(name=y.name, shape=transposed_shape(m.shape4, m.perm4), dtype=y.dtype,
-                                  quantization=y.quantization))
+        t4 = sg.add_tensor(t.like(t.name, list(m.shape4)))
+        y4 = sg.add_tensor(y.like(y.name, transposed_shape(m.shape4, m.perm4)))
         inputs = [m.reshape.inputs[0]]
         if len(m.reshape.inputs) > 1 and m.reshape.inputs[1] is not None:
             inputs.append(model.new_constant(sg, f"{t.name}/shape", np.array(m.shape4, np.int32), TensorType.INT32))

@@ -128,9 +128,7 @@ class MergeClamps(FusionPass):
         z = m.chain[-1].outputs[0]
         new, cur = [], m.x
         for i, (code, c) in enumerate(m.form):
-            out = z if i == len(m.form) - 1 else sg.add_tensor(Tensor(
-                name=f"{z.name}/clamp{i}", shape=list(z.shape), dtype=TensorType.FLOAT32,
-                shape_signature=list(z.shape_signature) if z.shape_signature else None))
+            out = z if i == len(m.form) - 1 else sg.add_tensor(z.like(f"{z.name}/clamp{i}", quantized=False))
             if c is None:
                 new.append(Operator(model.opcode(code), [cur], [out]))
             else:

@@ -146,9 +146,7 @@ class MergeConstantChain(FusionPass):
         new, cur = [], m.x
         for i, (code, v) in enumerate(m.form):
             last = i == len(m.form) - 1
-            out = z if last else sg.add_tensor(Tensor(
-                name=f"{z.name}/scaled", shape=list(z.shape), dtype=TensorType.FLOAT32,
-                shape_signature=list(z.shape_signature) if z.shape_signature else None))
+            out = z if last else sg.add_tensor(z.like(f"{z.name}/scaled", quantized=False))
             k = model.new_constant(sg, f"{z.name}/{'scale' if code == Op.MUL else 'shift'}",
                                    v.astype(np.float32), TensorType.FLOAT32)
             act = m.chain.activation if last else Act.NONE

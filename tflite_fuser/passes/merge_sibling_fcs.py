@@ -96,8 +96,7 @@ class MergeSiblingFcs(FusionPass):
         b = model.new_constant(sg, f"{y0.name}/merged_bias", np.concatenate(m.biases), TensorType.FLOAT32)
         shape = list(y0.shape[:-1]) + [sum(units)]
         sig = list(y0.shape_signature[:-1]) + [sum(units)] if y0.shape_signature else None
-        merged = sg.add_tensor(Tensor(name=f"{y0.name}/merged", shape=shape, dtype=TensorType.FLOAT32,
-                                      shape_signature=sig))
+        merged = sg.add_tensor(y0.like(f"{y0.name}/merged", shape, sig, quantized=False))
         fc = clone_op(first, inputs=[m.x, w, b], outputs=[merged])
         sizes = model.new_constant(sg, f"{y0.name}/split_sizes", np.array(units, np.int32), TensorType.INT32)
         axis = model.new_constant(sg, f"{y0.name}/split_axis", np.array(len(shape) - 1, np.int32), TensorType.INT32)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import Operator, Subgraph, Tensor
+from ..graph import Operator, Subgraph
 from ..schema import BuiltinOperator as Op
 from ..schema import BuiltinOptions, Padding, TensorType, fb
 from ..targets import QUANTIZED_STRIDED_POINTWISE
@@ -74,8 +74,7 @@ class StrideBeforePointwise(FusionPass):
         if x.shape_signature:
             signature = [x.shape_signature[0], *(-1 if d < 0 else -(-d // s) for d, s in
                                                  zip(x.shape_signature[1:3], m.strides)), x.shape_signature[3]]
-        t = sg.add_tensor(Tensor(name=f"{y.name}/strided", shape=shape, dtype=x.dtype,
-                                 quantization=x.quantization, shape_signature=signature))
+        t = sg.add_tensor(x.like(f"{y.name}/strided", shape, signature))
         consts = [model.new_constant(sg, f"{y.name}/strided/{what}", np.array(v, np.int32), TensorType.INT32)
                   for what, v in (("begin", [0, 0, 0, 0]), ("end", [0, 0, 0, 0]), ("strides", [1, sh, sw, 1]))]
         opts = fb.StridedSliceOptionsT()

@@ -30,11 +30,10 @@ import struct
 from pathlib import Path
 from typing import Union
 
-import flatbuffers.table
 import numpy as np
 
 from .errors import BadModelError
-from .flatbuf import Bytes, Tables, decode_scalar_tables, field, scalar_table, split_lists
+from .flatbuf import Bytes, Tables, decode_scalar_tables, field, scalar_table, split_lists, table_at
 from .graph import Buffer, Metadata, Model, OpCode, Operator, SignatureDef, Subgraph, Tensor
 from .pagecache import Backing, backing_of
 from .schema import FILE_IDENTIFIER, SCHEMA_VERSION, fb
@@ -334,7 +333,7 @@ class _Reader:
                     out[i] = obj
             else:
                 for i in rows.tolist():
-                    out[i] = creator(kind, flatbuffers.table.Table(self.buf, int(pos[i])))
+                    out[i] = creator(kind, table_at(self.buf, pos[i]))
         return out
 
     def tensors(self, s, buffers: list[Buffer], where: str) -> list[Tensor]:

@@ -59,7 +59,7 @@ def _axis(t: Tensor | None, rank: int) -> int | None:
     return a + rank if a < 0 else a
 
 
-def channel_piece(sg: Subgraph, t: Tensor, cuts: dict | None = None) -> Piece | str:
+def channel_piece(sg: Subgraph, t: Tensor, cuts: dict) -> Piece | str:
     """The channel range of a rank-4 source that ``t`` is, or why it is not
     one. ``cuts`` remembers each SPLIT's channel ranges for the next of its
     outputs (a depthwise conv split into 960 channels asks 960 times)."""
@@ -68,11 +68,9 @@ def channel_piece(sg: Subgraph, t: Tensor, cuts: dict | None = None) -> Piece | 
         return f"{t.name!r} is not cut from another tensor"
     code = op.code
     if code in (Op.SPLIT, Op.SPLIT_V):
-        cut = cuts.get(op) if cuts is not None else None
+        cut = cuts.get(op)
         if cut is None:
-            cut = _split_cut(op)
-            if cuts is not None:
-                cuts[op] = cut
+            cut = cuts[op] = _split_cut(op)
         if isinstance(cut, str):
             return cut
         x, where, bounds = cut

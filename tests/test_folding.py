@@ -209,6 +209,26 @@ def test_round_once_refuses_non_finite_and_overflowing_values():
     assert out.dtype == np.float16 and out.tolist() == [65504.0, -1.5]
 
 
+@pytest.mark.parametrize("size", [4, folding.SMALL, folding.SMALL + 1, 1000])
+@pytest.mark.parametrize("where", [0, -1])
+def test_small_and_large_arrays_are_checked_alike(size, where):
+    """Small arrays are checked as Python floats, large ones by numpy: a NaN
+    or inf anywhere is refused either way, and finite values whose sum
+    overflows (so the quick sum says "maybe not finite") still pass."""
+    for bad in (np.nan, np.inf, -np.inf):
+        v = np.ones(size)
+        v[where] = bad
+        assert not folding.all_finite(v) and not folding.all_finite(v.reshape(-1, 1))
+        with pytest.raises(FoldError, match="not be finite"):
+            folding.round_once(v.reshape(1, -1), np.float32, "filter")
+    huge = np.full(size, 1.5e308)
+    assert folding.all_finite(huge)
+    with pytest.raises(FoldError, match="overflow float32"):
+        folding.round_once(huge, np.float32, "bias")
+    v = np.linspace(-3.0, 2.0, size)
+    assert folding.round_once(v.reshape(size, 1), np.float32, "filter").tolist() == v.astype(np.float32).reshape(size, 1).tolist()
+
+
 def test_a_long_chain_is_rounded_once(r):
     """Composing in float64 and rounding once gives the correctly rounded
     weights; folding op by op in float32 would not (in general)."""

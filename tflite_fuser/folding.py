@@ -108,14 +108,32 @@ def identity(channels: int) -> tuple[np.ndarray, np.ndarray]:
     return scale, shift
 
 
+#: arrays up to this many values are summed and scanned as Python floats: a
+#: numpy reduction costs microseconds even on four values (a batch norm's
+#: vectors, folded tens of thousands of times in a big model), ``tolist`` a
+#: fraction of that; larger arrays go to numpy
+SMALL = 64
+
+
+def _values(v: np.ndarray) -> list[float]:
+    return (v if v.ndim == 1 else v.reshape(-1)).tolist()
+
+
+def _finite_sum(v: np.ndarray) -> bool:
+    """The sum of ``v`` in float64 is finite, which it is when every value
+    is finite unless huge finite values overflow it (either inf or NaN would
+    make it inf or NaN)."""
+    if v.size <= SMALL:
+        return math.isfinite(sum(_values(v)))
+    with np.errstate(over="ignore"):  # an overflow is an answer here, not a warning for the user
+        return math.isfinite(_SUM(v, None, np.float64))
+
+
 def all_finite(v: np.ndarray) -> bool:
-    """Every value of the float array ``v`` is finite, in one reduction
-    where it can: a finite float64 sum means no inf or NaN anywhere (either
-    would make it inf or NaN). Only a sum that is not finite, an overflow of
-    huge finite values or a real inf/NaN, looks value by value. (Reductions
-    cost microseconds each on a batch norm's small vectors, and a big model
-    folds tens of thousands of them.)"""
-    return math.isfinite(_SUM(v, None, np.float64)) or bool(np.isfinite(v).all())
+    """Every value of the float array ``v`` is finite, in one sum where it
+    can (:func:`_finite_sum`). Only a sum that is not finite, an overflow of
+    huge finite values or a real inf/NaN, looks value by value."""
+    return _finite_sum(v) or bool(np.isfinite(v).all())
 
 
 def compose_before(outer: tuple[np.ndarray, np.ndarray],
@@ -282,7 +300,10 @@ def round_once(values: np.ndarray, dtype, what: str, exact: bool = False) -> np.
     dt = np.dtype(dtype)
     if not v.size:
         return v.astype(dt)
-    big = float(_MAX(_ABS(v), None))
+    if v.size <= SMALL and _finite_sum(v):  # all finite: Python's max is safe (it would not propagate a NaN)
+        big = max(map(abs, _values(v)))
+    else:
+        big = float(_MAX(_ABS(v), None))
     if not math.isfinite(big):  # max of |v| is finite iff every value is (NaN propagates)
         raise FoldError(f"folded {what} would not be finite")
     limit = _FLOAT_MAX[dt]

@@ -307,17 +307,33 @@ class Subgraph:
             self._index = _UseIndex(self._ops)
         return self._index
 
+    # (The queries below are asked millions of times in a big model: each
+    # reads the index directly once it exists.)
+
     def producer(self, tensor: Tensor) -> Operator | None:
-        return self.uses.producer.get(tensor)
+        return (self._index or self.uses).producer.get(tensor)
 
     def consumers(self, tensor: Tensor) -> list[Operator]:
-        """Operators reading ``tensor``, in the order they were indexed."""
-        users = self.uses.consumers.get(tensor)
+        """Operators reading ``tensor``, in the order they were indexed (a
+        new list: the caller may edit the graph while walking it)."""
+        users = (self._index or self.uses).consumers.get(tensor)
         return list(users) if users else []
+
+    def consumer_count(self, tensor: Tensor) -> int:
+        users = (self._index or self.uses).consumers.get(tensor)
+        return len(users) if users else 0
+
+    def sole_consumer(self, tensor: Tensor) -> Operator | None:
+        """The one operator reading ``tensor``; None when none or several do."""
+        users = (self._index or self.uses).consumers.get(tensor)
+        if users and len(users) == 1:
+            for op in users:
+                return op
+        return None
 
     def contains(self, op: Operator) -> bool:
         """``op`` is (still) one of this graph's operators."""
-        return op in self.uses.position
+        return op in (self._index or self.uses).position
 
     # -------------------------------------------------------------- mutations
 
@@ -397,11 +413,12 @@ class Subgraph:
 
     def referenced_tensors(self) -> set[Tensor]:
         refs: set[Tensor] = set(self.inputs) | set(self.outputs)
-        for op in self.operators:
-            refs.update(t for t in op.inputs if t is not None)
-            refs.update(t for t in op.outputs if t is not None)
+        for op in self.operators:  # whole lists, the omitted inputs' None dropped once at the end
+            refs.update(op.inputs)
+            refs.update(op.outputs)
             if op.intermediates:
-                refs.update(t for t in op.intermediates if t is not None)
+                refs.update(op.intermediates)
+        refs.discard(None)
         return refs
 
     def op_counts(self) -> dict[str, int]:

@@ -161,7 +161,11 @@ def version_for(op_code: int, floor: int = 1, **features: bool) -> int:
     below ``floor`` (an op's current version: a higher version of a kernel
     takes what a lower one does)."""
     needs = traits(op_code).versions
-    return max([floor] + [needs[f] for f, used in features.items() if used and f in needs])
+    version = floor
+    for f, used in features.items():
+        if used and needs.get(f, 0) > version:
+            version = needs[f]
+    return version
 
 
 # ------------------------------------------------------------------ activations

@@ -27,7 +27,8 @@ import struct
 import flatbuffers
 import numpy as np
 
-from .flatbuf import OFFSET, Layout, scalar_table, write_offset_vector, write_strings, write_tables, write_vectors
+from .flatbuf import (OFFSET, Layout, scalar_table, write_offset_vector, write_strings, write_tables, write_vectors,
+                      write_word_vectors)
 from .graph import Buffer, Model, Operator, Subgraph, Tensor
 from .schema import FILE_IDENTIFIER, fb
 
@@ -46,6 +47,8 @@ ALIGN = 16
 #: Above this many bytes of constants, use the external-buffer form.
 EXTERNAL_THRESHOLD = 2**31 - 2**26
 _PREFIX = 4  # a flatbuffer vector starts with its uint32 length
+_LENGTH = struct.Struct("<I").pack
+_ZEROS = [bytes(n) for n in range(ALIGN)]
 
 
 def _enc(s: str) -> bytes:
@@ -90,11 +93,12 @@ def _serialize_inline(model: Model, data: list[Buffer]) -> Chunks:
     # (the tables in front are padded to a multiple of 16, see _build).
     refs, tail, pos = {}, [], 0
     for b in data:
+        n = b.nbytes
         pad = (-(pos + _PREFIX)) % ALIGN
         pos += pad
         refs[b] = -pos  # builder offset of a position ``pos`` bytes past the tables' end
-        tail += [bytes(pad), struct.pack("<I", b.nbytes), (b.data, b)]
-        pos += _PREFIX + b.nbytes
+        tail += [_ZEROS[pad], _LENGTH(n), (b.data, b)]
+        pos += _PREFIX + n
     return Chunks([_build(model, inline=refs)] + tail)
 
 
@@ -290,8 +294,11 @@ class _Writer:
         b = self.b
         if not ops:
             return np.zeros(0, np.int64)
-        ins = write_vectors(b, [[t_index[t] for t in op.inputs] for op in ops], np.int32)
-        outs = write_vectors(b, [[t_index[t] for t in op.outputs] for op in ops], np.int32)
+        # end to end, with their lengths: no list per op (write_word_vectors)
+        ins = write_word_vectors(b, [t_index[t] for op in ops for t in op.inputs],
+                                 [len(op.inputs) for op in ops], np.int32)
+        outs = write_word_vectors(b, [t_index[t] for op in ops for t in op.outputs],
+                                  [len(op.outputs) for op in ops], np.int32)
         inter = self.optional_vectors([None if op.intermediates is None else [t_index[t] for t in op.intermediates]
                                        for op in ops], np.int32)
         # Custom options the source kept after the flatbuffer (>2 GB models)

@@ -162,8 +162,10 @@ class PassContext:
 def describe(op: Operator | str) -> str:
     if isinstance(op, str):
         return op
-    out = next((t.name for t in op.outputs if t is not None), "?")
-    return f"{op.type_name} -> {out!r}"
+    for t in op.outputs:  # a loop, not next(genexpr): every rewrite and skip is named by it
+        if t is not None:
+            return f"{op.type_name} -> {t.name!r}"
+    return f"{op.type_name} -> '?'"
 
 
 class FusionPass:

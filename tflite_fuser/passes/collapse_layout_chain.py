@@ -74,7 +74,7 @@ class CollapseLayoutChain(FusionPass):
     def match(self, ctx: PassContext, sg: Subgraph, first: Operator) -> OrderKept | Skip | None:
         x = first.inputs[0] if first.inputs else None
         if x is None or (sg.producer(x) is not None and sg.producer(x).code in _LAYOUT
-                         and len(sg.consumers(x)) == 1):
+                         and sg.consumer_count(x) == 1):
             return None  # the chain starts further up
         if any(d < 0 for d in x.shape) or any(d < 0 for d in (x.shape_signature or [])):
             return None

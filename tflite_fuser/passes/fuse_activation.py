@@ -154,8 +154,7 @@ class FuseActivation(FusionPass):
                 best = (len(chain), act)
             elif len(chain) - (best[0] if best else 0) >= 2:
                 break
-            users = sg.consumers(out)
-            cur, reader = out, (users[0] if len(users) == 1 else None)
+            cur, reader = out, sg.sole_consumer(out)
         if best is None:
             if failure is None:
                 failure = (f"{' then '.join(c.type_name for c in chain) or op.type_name} after "

@@ -63,7 +63,7 @@ class LowerRelu0To1(FusionPass):
         """x's producer can take the RELU as its fused activation."""
         p = sg.producer(x)
         return (p is not None and Act.RELU in traits(p.code).activations and fused_activation(p) == Act.NONE
-                and len(sg.consumers(x)) == 1)
+                and sg.consumer_count(x) == 1)
 
     def apply(self, ctx: PassContext, sg: Subgraph, m: Relu01) -> str:
         x, y = m.op.inputs[0], m.op.outputs[0]

@@ -66,7 +66,7 @@ def _fusable_head(sg: Subgraph, y: Tensor) -> bool:
     """y's producer takes a fused activation it has not got yet."""
     p = sg.producer(y)
     return (p is not None and bool(traits(p.code).activations) and fused_activation(p) == Act.NONE
-            and len(sg.consumers(y)) == 1)
+            and sg.consumer_count(y) == 1)
 
 
 class MergeClamps(FusionPass):
@@ -83,7 +83,7 @@ class MergeClamps(FusionPass):
         if head is None:
             return None
         y = head.data
-        if _pure_clamp(sg, sg.producer(y)) is not None and len(sg.consumers(y)) == 1:
+        if _pure_clamp(sg, sg.producer(y)) is not None and sg.consumer_count(y) == 1:
             return None  # the chain starts further up
         chain, f, cur = [op], Clamped().then_clamp(*head.clamp), op.outputs[0]
         while True:

@@ -366,7 +366,7 @@ def _zero_spatial_pad(pad: Operator) -> np.ndarray | None:
 def _private_pad(sg: Subgraph, conv: Operator) -> list[Operator]:
     """The PAD before ``conv`` when only ``conv`` reads it (it goes with it)."""
     p = sg.producer(conv.inputs[0])
-    if p is not None and p.code in _PADS and len(sg.consumers(p.outputs[0])) == 1 \
+    if p is not None and p.code in _PADS and sg.consumer_count(p.outputs[0]) == 1 \
             and _zero_spatial_pad(p) is not None:
         return [p]
     return []

@@ -35,9 +35,8 @@ def why_not_removable(model: Model, sg: Subgraph, t: Tensor, reader: Operator) -
         return f"intermediate {t.name!r} is a model output"
     if t.is_variable:
         return f"intermediate {t.name!r} is a variable"
-    users = sg.consumers(t)
-    if len(users) != 1 or users[0] is not reader:
-        return f"intermediate {t.name!r} has {len(users)} consumers"
+    if sg.sole_consumer(t) is not reader:
+        return f"intermediate {t.name!r} has {sg.consumer_count(t)} consumers"
     if reader.inputs.count(t) != 1:
         return f"intermediate {t.name!r} is read twice by {reader.type_name}"
     return None

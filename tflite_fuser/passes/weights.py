@@ -151,7 +151,7 @@ class WeightStore:
                 # bias for 32 branches, say): each reader gets its own, and a
                 # float32 constant is smaller than a float16 one behind a
                 # DEQUANTIZE op of its own.
-                if ndim <= 1 and len(self.sg.consumers(like.tensor)) > 1:
+                if ndim <= 1 and self.sg.consumer_count(like.tensor) > 1:
                     return _F32
                 return _F16
             if like.stored.dtype == TensorType.FLOAT16:

@@ -163,3 +163,28 @@ def test_empty_quantization_tables_stay_empty_tables_and_full_ones_keep_their_fi
     a, b = unpack(src), unpack(out)
     for ta, tb in zip(a.subgraphs[0].tensors, b.subgraphs[0].tensors):
         assert list(diff(vars(ta.quantization), vars(tb.quantization), "quantization")) == []
+
+
+def test_the_empty_quantization_table_is_written_once_and_shared_by_every_tensor():
+    """A TF-converted model's empty quantization tables all point at one
+    written table (each tensor still reads one back); a table with a field
+    set, even only ``quantizedDimension``, is its own."""
+    from tflite_fuser.reader import read_model
+    from tflite_fuser.writer import write_model
+
+    src = (FIXTURES / "quant/net1_fp16.tflite").read_bytes()
+    model = read_model(src)
+    tensors = model.main.tensors
+    odd = fb.QuantizationParametersT()
+    odd.quantizedDimension = 1
+    tensors[0].quantization = odd
+    out = write_model(model)
+    sg = fb.Model.GetRootAs(out, 0).Subgraphs(0)
+    tables = [sg.Tensors(i).Quantization() for i in range(sg.TensorsLength())]
+    assert all(q is not None for q in tables)
+    where = {q._tab.Pos for q in tables[1:]}
+    assert len(where) == 1 and tables[0]._tab.Pos not in where
+    assert tables[0].QuantizedDimension() == 1
+    back = read_model(out).main.tensors
+    assert vars(back[0].quantization) == vars(odd)
+    assert all(vars(t.quantization) == vars(fb.QuantizationParametersT()) for t in back[1:])

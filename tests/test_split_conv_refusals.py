@@ -165,3 +165,13 @@ def test_plain_concatenation_of_convs_is_not_a_candidate(rng):
     src = b.to_bytes()
     r = fuse_and_check(src, passes=[PASS])
     assert r.model_bytes == src and r.report["skipped"] == []
+
+
+@pytest.mark.parametrize("width", [2, 24])  # a few inputs are scanned, many counted once (Subgraph.times_read)
+def test_a_branch_the_concatenation_reads_twice_is_left_alone(width, rng):
+    b = ModelBuilder()
+    x = b.input("x", [1, 8, 8, width])
+    ys = [b.conv2d(p, rng.standard_normal((1, 3, 3, 1)).astype(np.float32), rng.standard_normal(1).astype(np.float32))
+          for p in b.split(x, width)]
+    b.output(b.concat(ys + ys[:1]))
+    assert_left_alone(b.to_bytes(), "is read twice by CONCATENATION")

@@ -184,7 +184,9 @@ class Tensor:
 
     @property
     def is_quantized(self) -> bool:
-        return self.quant_params() is not None
+        """``quant_params()`` is not None, without making its arrays (asked of every tensor a pass looks at)."""
+        q = self.quantization
+        return q is not None and q.scale is not None and len(q.scale) > 0
 
     def __repr__(self) -> str:
         return f"Tensor({self.name!r}, {type_name(self.dtype)}{list(self.shape)})"
@@ -335,6 +337,17 @@ class Subgraph:
         """``op`` is (still) one of this graph's operators."""
         return op in (self._index or self.uses).position
 
+    def times_read(self, op: Operator, tensor: Tensor) -> int:
+        """How many of ``op``'s inputs are ``tensor`` (the index counts a
+        reader once). A CONCATENATION of 15,000 branches is asked about each
+        of them: its inputs are counted once, not scanned per branch."""
+        if len(op.inputs) <= 16:
+            return op.inputs.count(tensor)
+        counts = (self._index or self.uses).input_counts
+        if op not in counts:
+            counts[op] = collections.Counter(op.inputs)
+        return counts[op][tensor]
+
     # -------------------------------------------------------------- mutations
 
     def add_tensor(self, tensor: Tensor) -> Tensor:
@@ -437,6 +450,8 @@ class _UseIndex:
     compaction renumbers them.)"""
 
     def __init__(self, ops: list[Operator | None]):
+        #: each wide operator's inputs counted, when first asked (Subgraph.times_read)
+        self.input_counts: dict[Operator, collections.Counter] = {}
         # An insertion-ordered set per tensor: removing one reader of a
         # constant shared by thousands of ops stays O(1). (Built with
         # comprehensions and a defaultdict: a 100,000-op graph is indexed
@@ -469,6 +484,7 @@ class _UseIndex:
 
     def remove(self, op: Operator) -> None:
         del self.position[op]
+        self.input_counts.pop(op, None)
         producer, consumers = self.producer, self.consumers
         for t in op.outputs:
             if t is not None and producer.get(t) is op:

@@ -10,6 +10,7 @@ on. A failure is a :class:`BadModelError` naming the first problem found.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 from .errors import BadModelError
@@ -33,7 +34,7 @@ def validate(model: Model, label: str = "<model>") -> None:
     calls: dict[int, set[int]] = {}
     for si, sg in enumerate(model.subgraphs):
         where = f"subgraph {si}"
-        for t in sg.tensors:
+        for t in () if _tensors_look_right(sg.tensors) else sg.tensors:  # the first problem, by name
             shape = t.shape
             if shape:
                 if len(shape) > _MAX_RANK:
@@ -69,6 +70,27 @@ def validate(model: Model, label: str = "<model>") -> None:
     cycle = _find_cycle(calls)
     if cycle:
         raise bad("control flow calls subgraphs in a cycle (" + " -> ".join(map(str, cycle)) + ")")
+
+
+def _tensors_look_right(tensors) -> bool:
+    """Every tensor passes the checks of :func:`validate`'s tensor loop,
+    asked a column at a time (a big model has hundreds of thousands of
+    tensors); when one does not, the loop runs to name the first that fails."""
+    shapes = [t.shape for t in tensors]
+    if max(map(len, shapes), default=0) > _MAX_RANK:
+        return False
+    if min(itertools.chain.from_iterable(shapes), default=0) < 0:
+        return False
+    sizes = list(map(math.prod, shapes))
+    if max(sizes, default=0) > _MAX_ELEMENTS or not _KNOWN_TYPES.issuperset([t.dtype for t in tensors]):
+        return False
+    for t, n in zip(tensors, sizes):
+        buf = t.buffer
+        if buf is not None and buf.data is not None and buf.data.nbytes and t.sparsity is None:
+            dt = NUMPY_DTYPES.get(t.dtype)
+            if dt is not None and buf.data.nbytes != n * dt.itemsize:
+                return False
+    return True
 
 
 _KNOWN_TYPES = frozenset(v for k, v in vars(TensorType).items() if not k.startswith("_") and isinstance(v, int))

@@ -37,7 +37,7 @@ def why_not_removable(model: Model, sg: Subgraph, t: Tensor, reader: Operator) -
         return f"intermediate {t.name!r} is a variable"
     if sg.sole_consumer(t) is not reader:
         return f"intermediate {t.name!r} has {sg.consumer_count(t)} consumers"
-    if reader.inputs.count(t) != 1:
+    if sg.times_read(reader, t) != 1:
         return f"intermediate {t.name!r} is read twice by {reader.type_name}"
     return None
 

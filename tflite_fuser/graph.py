@@ -27,6 +27,8 @@ import numpy as np
 
 from .schema import NUMPY_DTYPES, fb, op_name, type_name
 
+_U8 = np.dtype(np.uint8)
+
 if TYPE_CHECKING:
     from .pagecache import Backing
 
@@ -162,10 +164,12 @@ class Tensor:
         if raw is None:
             return None
         dt = NUMPY_DTYPES.get(self.dtype)
-        if not raw.nbytes or dt is None or raw.nbytes != dt.itemsize * math.prod(self.shape):
+        n = raw.nbytes
+        if not n or dt is None or n != dt.itemsize * math.prod(self.shape):
             return None
-        arr = raw.view(dt).reshape(self.shape) if raw.dtype == np.uint8 else np.frombuffer(raw, dt).reshape(self.shape)
-        arr.flags.writeable = False
+        arr = raw.view(dt).reshape(self.shape) if raw.dtype is _U8 else np.frombuffer(raw, dt).reshape(self.shape)
+        if arr.flags.writeable:  # a view of the input file is read-only already (and asking is cheaper than setting)
+            arr.flags.writeable = False
         return arr
 
     @property
@@ -552,9 +556,8 @@ class Model:
     def new_constant(self, sg: Subgraph, name: str, array: np.ndarray, dtype: int,
                      quantization: Any = None) -> Tensor:
         """A new constant tensor with its own new buffer (never shared)."""
-        t = Tensor(name=name, shape=list(array.shape), dtype=dtype,
-                   buffer=self.add_buffer(array), quantization=quantization)
-        return sg.add_tensor(t)
+        # positional: keywords cost three times as much, and a fold makes two
+        return sg.add_tensor(Tensor(name, list(array.shape), dtype, self.add_buffer(array), quantization))
 
     def signature_outputs(self, sg: Subgraph) -> set[Tensor]:
         return {t for sd in self.signature_defs if sd.subgraph is sg for _, t in sd.outputs}

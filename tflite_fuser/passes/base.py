@@ -60,10 +60,12 @@ class Skipped:
         return f"{self.pass_name}: {where}{self.op}: {self.reason}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Rewrite:
     """One rewrite a pass made: which pass, where, what it did in words, and
-    op for op what it took out and put in (for its proof)."""
+    op for op what it took out and put in (for its proof). A record, never
+    changed once made (not ``frozen``: that costs 2 us a rewrite, and a big
+    model makes tens of thousands)."""
 
     pass_name: str
     subgraph: int

@@ -38,10 +38,11 @@ def opcode_for(model: Model, op: Operator, **features: bool):
     """``op``'s opcode entry, or one of the version its new ``features`` need
     (``ops.TRAITS``: a TRANSPOSE_CONV that gains a bias or an activation needs
     a newer kernel); custom ops keep theirs."""
-    if op.opcode.custom_code is not None or not traits(op.code).versions:
-        return op.opcode
-    version = version_for(op.code, op.opcode.version, **features)
-    return op.opcode if version == op.opcode.version else model.opcode(op.code, version)
+    opcode = op.opcode
+    if opcode.custom_code is not None or not traits(opcode.code).versions:
+        return opcode
+    version = version_for(opcode.code, opcode.version, **features)
+    return opcode if version == opcode.version else model.opcode(opcode.code, version)
 
 
 def with_inputs(op: Operator, changes: dict[int, Tensor]) -> list[Tensor | None]:

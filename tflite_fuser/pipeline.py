@@ -127,9 +127,17 @@ def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable:
         ctx.frozen.add(model.subgraphs[si])
         ctx.current_pass, ctx.subgraph_index = "pipeline", si
         ctx.skip(f"subgraph {si}", "operators are not in topological order; no pass touches it")
+    # A pass that found nothing on the graph as it is now would find nothing
+    # again (passes are deterministic): it is not run again until a rewrite
+    # changes the graph. So the fixed point's last round stops at the last
+    # pass that rewrote in the round before, instead of running them all.
+    version = 0  # rewrites made so far: the only way the graph changes
+    found_nothing_at: dict[str, int] = {}
     for round_ in range(1, MAX_ROUNDS + 1):
         changed = 0
         for p in chosen:
+            if found_nothing_at.get(p.name) == version:
+                continue
             if progress:
                 progress(f"running passes: {p.name}" + (f" (round {round_})" if round_ > 1 else ""))
             t = time.perf_counter()
@@ -137,6 +145,9 @@ def run_passes(model: Model, passes: Sequence[str] | str | None = None, disable:
             ctx.pass_seconds[p.name] = ctx.pass_seconds.get(p.name, 0.0) + time.perf_counter() - t
             counts[p.name] += n
             changed += n
+            version += n
+            if not n:
+                found_nothing_at[p.name] = version
             pages.release()
         if not changed:
             break

@@ -123,6 +123,8 @@ class _Reader:
         # Each table we walk costs one unit; a real file needs >= 4 bytes per
         # table (its offset), so more units than bytes means shared offsets.
         self.budget = len(buf) // 4 + 1024
+        #: each subgraph's tensor -> buffer index column
+        self.buffer_refs: list[np.ndarray] = []
 
     def bad(self, what: str) -> BadModelError:
         return BadModelError(f"{self.label}: {what}")
@@ -187,9 +189,14 @@ class _Reader:
             model.external_buffers = [fb.ExternalBufferT.InitFromObj(m.ExternalBuffers(i))
                                       for i in range(m.ExternalBuffersLength())]
 
-        used = set(model.buffer_users())
-        used.update(model.metadata_buffer or ())
-        model.unreferenced_buffers = {b for b in buffers[1:] if b not in used}
+        # Which buffers nothing refers to, from the tensors' buffer index
+        # columns (not a walk over every tensor object)
+        used = np.zeros(len(buffers), bool)
+        for idx in self.buffer_refs:
+            used[idx] = True
+        named = set(model.metadata_buffer or ()) | {md.buffer for md in model.metadata}
+        unused = (np.flatnonzero(~used[1:]) + 1).tolist()  # buffer 0 is the sentinel
+        model.unreferenced_buffers = {buffers[i] for i in unused} - named
         return model
 
     def pick(self, items: list, index: int, what: str):
@@ -247,12 +254,14 @@ class _Reader:
         self.charge(n_t, f"{where} tensors")
         tensors = self.tensors(s, buffers, where) if n_t else []
         lookup = np.array(tensors + [None], dtype=object)  # index -1 (an omitted input) is the None
+        referenced = np.zeros(n_t + 1, bool)  # by an op or as a graph input/output (the last: index -1)
 
         def refs(values: np.ndarray, what: str, optional: bool) -> np.ndarray:
             bad = (values < (-1 if optional else 0)) | (values >= n_t)
             if bad.any():
                 i = int(values[np.argmax(bad)])
                 raise self.bad(f"{where}: {what} refers to tensor {i}, but there are {n_t}")
+            referenced[values] = True
             return lookup[values]
 
         def ref_lists(tables: Tables, accessor: str, what: str, optional: bool) -> list[list | None]:
@@ -272,14 +281,8 @@ class _Reader:
         self.charge(n_op, f"{where} operators")
         if n_op:
             sg.operators = self.operators(s, where, opcodes, ref_lists)
-        referenced: set[Tensor] = set(sg.inputs) | set(sg.outputs)
-        for op in sg.operators:
-            referenced.update(op.inputs)
-            referenced.update(op.outputs)
-            if op.intermediates:
-                referenced.update(op.intermediates)
-        for t in tensors:
-            t.unreferenced_in_source = t not in referenced
+        for i in np.flatnonzero(~referenced[:n_t]).tolist():  # the rest keep False, as made
+            tensors[i].unreferenced_in_source = True
         return sg
 
     def operators(self, s, where: str, opcodes: list[OpCode], ref_lists) -> list[Operator]:
@@ -348,6 +351,7 @@ class _Reader:
             i = int(np.argmax(buf_idx >= len(buffers)))
             raise self.bad(f"{where} tensor {i} buffer index {int(buf_idx[i])} out of range "
                            f"(0..{len(buffers) - 1})")
+        self.buffer_refs.append(buf_idx)
         names = tt.strings(F("Name"))
         is_var = tt.scalars(F("IsVariable"), _U8).astype(bool).tolist()
         has_rank = tt.scalars(F("HasRank"), _U8).astype(bool).tolist()

@@ -57,6 +57,8 @@ def channel_vector(value: np.ndarray, channels: int, rank: int, axis: int = -1) 
     one of higher rank would change the result's shape.
     """
     v = np.asarray(value)
+    if rank and v.shape == (channels,) and axis % rank == rank - 1:
+        return v.astype(np.float64)  # the common case, a batch norm's [C] vector: nothing to look at
     if v.ndim > rank:
         raise FoldError(f"constant of shape {list(v.shape)} has higher rank than the tensor (rank {rank})")
     axis = axis % rank if rank else 0

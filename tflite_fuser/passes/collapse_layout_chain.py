@@ -94,8 +94,7 @@ class CollapseLayoutChain(FusionPass):
             chain.append(op)
             if len(chain) > 1 and np.array_equal(idx.reshape(-1), np.arange(n)):
                 best = (list(chain), list(idx.shape))
-            users = sg.consumers(out)
-            nxt = users[0] if len(users) == 1 else None
+            nxt = sg.sole_consumer(out)
             if nxt is None or why_not_removable(ctx.model, sg, out, nxt) or not nxt.inputs or nxt.inputs[0] is not out:
                 break
             op = nxt

@@ -56,8 +56,7 @@ def ends_group(sg: Subgraph, last: Operator, constant: ConstantTest) -> bool:
     match looks at the group)."""
     if not joinable(sg, last, constant):
         return False
-    readers = sg.consumers(last.outputs[0])
-    return not (len(readers) == 1 and joinable(sg, readers[0], constant))
+    return not joinable(sg, sg.sole_consumer(last.outputs[0]), constant)
 
 
 def group(ctx: PassContext, sg: Subgraph, last: Operator, constant: ConstantTest) -> set[Operator]:

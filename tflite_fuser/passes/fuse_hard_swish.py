@@ -87,8 +87,8 @@ class FuseHardSwish(FusionPass):
     @staticmethod
     def _rescale(ctx: PassContext, sg: Subgraph, y: Tensor, k: float) -> Step | str:
         """The scalar MUL by 1/k (or DIV by k) that must follow the product."""
-        users = sg.consumers(y)
-        step = step_of(sg, users[0]) if len(users) == 1 else None
+        reader = sg.sole_consumer(y)
+        step = step_of(sg, reader) if reader is not None else None
         if step is None or step.data is not y or step.affine is None or step.clamp is not None or step.affine[1] != 0.0:
             return f"and no MUL by 1/{k:g} follows"
         if abs(step.affine[0] * k - 1) > 1e-5:

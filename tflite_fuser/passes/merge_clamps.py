@@ -75,9 +75,8 @@ class MergeClamps(FusionPass):
     anchors = CLAMP_OPS
 
     def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> ClampForm | Skip | None:
-        users = sg.consumers(op.outputs[0]) if op.outputs and op.outputs[0] is not None else []
-        alone = not (len(users) == 1 and users[0].code in CLAMP_OPS)
-        if alone:
+        nxt = sg.sole_consumer(op.outputs[0]) if op.outputs and op.outputs[0] is not None else None
+        if nxt is None or nxt.code not in CLAMP_OPS:
             return None  # one clamp is as short as it gets (fuse-activation fuses the fusable ones)
         head = _pure_clamp(sg, op)
         if head is None:
@@ -87,8 +86,7 @@ class MergeClamps(FusionPass):
             return None  # the chain starts further up
         chain, f, cur = [op], Clamped().then_clamp(*head.clamp), op.outputs[0]
         while True:
-            users = sg.consumers(cur)
-            nxt = _pure_clamp(sg, users[0]) if len(users) == 1 else None
+            nxt = _pure_clamp(sg, sg.sole_consumer(cur))
             if nxt is None or nxt.data is not cur or why_not_removable(ctx.model, sg, cur, nxt.op):
                 break
             try:

@@ -36,6 +36,14 @@ def _offset_out_of_range() -> bytes:
     return bytes(data)
 
 
+def _bad_tensor(index: int, **changes) -> bytes:
+    """conv_relu with one tensor changed: a shape or type the validator refuses."""
+    b = models.conv_relu()
+    for k, v in changes.items():
+        setattr(b.sg.tensors[index], k, v)
+    return b.to_bytes()
+
+
 BAD_FILES = {
     "empty file": (b"", "empty"),
     "not a tflite file": (b"\x89PNG\r\n\x1a\n" + bytes(64), "not a TFLite model"),
@@ -45,6 +53,12 @@ BAD_FILES = {
     "truncated at half": (GOOD[: len(GOOD) // 2], "truncated"),
     "root offset outside the file": (_offset_out_of_range(), "truncated or corrupt"),
     "unsupported schema version": (_unsupported_version(), "unsupported TFLite schema version 4"),
+    # the validator's tensor checks (asked a column at a time, then named)
+    "rank 17": (_bad_tensor(3, shape=[1] * 17), "tensor 'conv_2d_2' has rank 17"),
+    "negative dimension": (_bad_tensor(3, shape=[1, 8, -8, 8]), "tensor 'conv_2d_2' has a negative dimension"),
+    "impossible shape": (_bad_tensor(3, shape=[1, 65536, 65536, 8]), "tensor 'conv_2d_2' has an impossible shape"),
+    "constant of the wrong size": (_bad_tensor(2, shape=[9]), "constant 'const_1' (FLOAT32[9]) needs 36 bytes"),
+    "unknown tensor type": (_bad_tensor(3, dtype=99), "tensor 'conv_2d_2' has unknown type 99"),
 }
 
 

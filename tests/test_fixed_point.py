@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+import models
+from split_conv_models import depthwise_filter, lowered_depthwise
 from tflite_fuser import load, run_passes
 from tflite_fuser.builder import ModelBuilder
 from tflite_fuser.pipeline import select
-
-
-def _conv(b, x, rng, cin, cout=None):
-    cout = cout or cin
-    return b.conv2d(x, rng.standard_normal((cout, 3, 3, cin)).astype(np.float32),
-                    rng.standard_normal(cout).astype(np.float32))
 
 
 def _runs(model_bytes: bytes) -> tuple[dict, list[tuple[int, str]]]:
@@ -26,16 +22,11 @@ def _runs(model_bytes: bytes) -> tuple[dict, list[tuple[int, str]]]:
     return counts, runs
 
 
-def test_the_last_round_stops_at_the_last_pass_that_rewrote(rng):
+def test_the_last_round_stops_at_the_last_pass_that_rewrote():
     """conv -> MUL -> ADD -> RELU: fold-affine and fuse-activation rewrite
     in round 1; round 2 runs the passes up to fuse-activation (the graph
     changed after they ran) and none after it (they saw the final graph)."""
-    b = ModelBuilder()
-    x = b.input("x", [1, 8, 8, 4])
-    y = b.relu(b.add(b.mul(_conv(b, x, rng, 4), rng.random(4).astype(np.float32) + 0.5),
-                     rng.standard_normal(4).astype(np.float32)))
-    b.output(y)
-    counts, runs = _runs(b.to_bytes())
+    counts, runs = _runs(models.conv_bn_relu().to_bytes())
     assert {k: v for k, v in counts.items() if v} == {"fold-affine": 1, "fuse-activation": 1}
     names = [p.name for p in select(None, [], [])]
     assert [n for r, n in runs if r == 1] == names
@@ -49,7 +40,7 @@ def test_a_rewrite_by_a_later_pass_gives_an_earlier_one_its_second_look(rng):
     fold-affine runs again in round 2 and folds it."""
     b = ModelBuilder()
     x = b.input("x", [1, 8, 8, 4])
-    cat = b.concat([_conv(b, p, rng, 1) for p in b.split(x, 4)])
+    cat = lowered_depthwise(b, x, depthwise_filter(rng, 4, 1), rng.standard_normal(4).astype(np.float32))
     b.output(b.mul(cat, rng.random(4).astype(np.float32) + 0.5))
     counts, runs = _runs(b.to_bytes())
     assert counts["fuse-split-conv"] == 1 and counts["fold-affine"] == 1

@@ -366,9 +366,8 @@ class _Writer:
         keys = [None if v is None else tuple(v) for v in lists]
         distinct = [k for k in dict.fromkeys(keys) if k is not None and k not in self.int_vectors]
         if distinct:
-            for k, off in zip(distinct, write_vectors(self.b, [np.asarray(k, np.int32) for k in distinct],
-                                                      np.int32).tolist()):
-                self.int_vectors[k] = off
+            offsets = write_word_vectors(self.b, [x for k in distinct for x in k], [len(k) for k in distinct], np.int32)
+            self.int_vectors.update(zip(distinct, offsets.tolist()))
         return np.array([0 if k is None else self.int_vectors[k] for k in keys], np.int64)
 
     def optional_vectors(self, lists: list, dtype) -> np.ndarray:

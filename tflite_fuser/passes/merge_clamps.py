@@ -75,8 +75,8 @@ class MergeClamps(FusionPass):
     anchors = CLAMP_OPS
 
     def match(self, ctx: PassContext, sg: Subgraph, op: Operator) -> ClampForm | Skip | None:
-        nxt = sg.sole_consumer(op.outputs[0]) if op.outputs and op.outputs[0] is not None else None
-        if nxt is None or nxt.code not in CLAMP_OPS:
+        reader = sg.sole_consumer(op.outputs[0]) if op.outputs and op.outputs[0] is not None else None
+        if reader is None or reader.code not in CLAMP_OPS:
             return None  # one clamp is as short as it gets (fuse-activation fuses the fusable ones)
         head = _pure_clamp(sg, op)
         if head is None:
